@@ -1,0 +1,281 @@
+"""The iptables proxier: kube-proxy's iptables-mode layout, loaded with one iptables-restore.
+
+The text follows pkg/proxy/iptables/proxier.go (v1.31): the same chain names, hashes,
+comments, probabilities and masquerade mark, so `iptables-save` of a lab node reads like a
+kube-proxy node and the rule auditor reads both the same way. Differences from kube-proxy,
+on purpose: the built-in chains' jump rules are part of the same restore (kube-proxy ensures
+them with separate calls), because the lab owns the node's whole ruleset; there is no
+nfacct counter on the INVALID drop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from kubelab import naming as n
+from kubelab.dataplanes.reference.proxier.base import Proxier, ProxierContext
+from kubelab.hosts import Runner
+from kubelab.model import Endpoint, Service, ServicePort, ServiceState
+
+
+def _comment(text: str) -> str:
+    return f'-m comment --comment "{text}"' if " " in text else f"-m comment --comment {text}"
+
+
+@dataclass
+class _Table:
+    """A table being written: chain declarations first, then rules, like kube-proxy's buffers."""
+
+    name: str
+    builtin: tuple[str, ...]
+    chains: list[str] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)
+
+    def chain(self, name: str) -> None:
+        if name not in self.chains:
+            self.chains.append(name)
+
+    def add(self, chain: str, *parts: str) -> None:
+        self.rules.append(" ".join(["-A", chain, *[p for p in parts if p]]))
+
+    def text(self) -> list[str]:
+        lines = [f"*{self.name}"]
+        lines += [f":{c} ACCEPT [0:0]" for c in self.builtin]
+        lines += [f":{c} - [0:0]" for c in self.chains]
+        return [*lines, *self.rules, "COMMIT"]
+
+
+def _proto(port: ServicePort) -> str:
+    p = port.protocol.lower()
+    return f"-m {p} -p {p}"
+
+
+class IptablesProxier(Proxier):
+    mode: ClassVar[str] = "iptables"
+
+    def render(self, services: list[ServiceState], ctx: ProxierContext) -> str:
+        flt = _Table("filter", ("INPUT", "FORWARD", "OUTPUT"))
+        nat = _Table("nat", ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"))
+        self._base_filter(flt)
+        self._base_nat(nat)
+        for state in services:
+            for port in state.service.ports:
+                self._service_port(nat, flt, state.service, port, state.endpoints_for(port), ctx)
+        # NOTE (kube-proxy): this must be the last rule in KUBE-SERVICES.
+        nat.add(
+            n.KUBE_SERVICES,
+            _comment(
+                "kubernetes service nodeports; NOTE: this must be the last rule in this chain"
+            ),
+            "-m addrtype --dst-type LOCAL",
+            f"-j {n.KUBE_NODEPORTS}",
+        )
+        return "\n".join([*flt.text(), *nat.text()]) + "\n"
+
+    def apply(self, runner: Runner, text: str) -> None:
+        runner.run(["iptables-restore"], input=text)
+
+    # --- fixed chains -------------------------------------------------------------------------
+
+    @staticmethod
+    def _base_filter(flt: _Table) -> None:
+        for c in (
+            n.KUBE_EXTERNAL_SERVICES,
+            n.KUBE_FORWARD,
+            n.KUBE_NODEPORTS,
+            n.KUBE_PROXY_CANARY,
+            n.KUBE_PROXY_FIREWALL,
+            n.KUBE_SERVICES,
+        ):
+            flt.chain(c)
+        new = "-m conntrack --ctstate NEW"
+        fw = _comment("kubernetes load balancer firewall")
+        flt.add("INPUT", new, fw, f"-j {n.KUBE_PROXY_FIREWALL}")
+        flt.add(
+            "INPUT", _comment("kubernetes health check service ports"), f"-j {n.KUBE_NODEPORTS}"
+        )
+        flt.add(
+            "INPUT",
+            new,
+            _comment("kubernetes externally-visible service portals"),
+            f"-j {n.KUBE_EXTERNAL_SERVICES}",
+        )
+        flt.add("FORWARD", new, fw, f"-j {n.KUBE_PROXY_FIREWALL}")
+        flt.add("FORWARD", _comment("kubernetes forwarding rules"), f"-j {n.KUBE_FORWARD}")
+        flt.add("FORWARD", new, _comment("kubernetes service portals"), f"-j {n.KUBE_SERVICES}")
+        flt.add(
+            "FORWARD",
+            new,
+            _comment("kubernetes externally-visible service portals"),
+            f"-j {n.KUBE_EXTERNAL_SERVICES}",
+        )
+        flt.add("OUTPUT", new, fw, f"-j {n.KUBE_PROXY_FIREWALL}")
+        flt.add("OUTPUT", new, _comment("kubernetes service portals"), f"-j {n.KUBE_SERVICES}")
+        flt.add(n.KUBE_FORWARD, "-m conntrack --ctstate INVALID", "-j DROP")
+        flt.add(
+            n.KUBE_FORWARD,
+            _comment("kubernetes forwarding rules"),
+            f"-m mark --mark {n.MASQUERADE_MARK}/{n.MASQUERADE_MARK}",
+            "-j ACCEPT",
+        )
+        flt.add(
+            n.KUBE_FORWARD,
+            _comment("kubernetes forwarding conntrack rule"),
+            "-m conntrack --ctstate RELATED,ESTABLISHED",
+            "-j ACCEPT",
+        )
+
+    @staticmethod
+    def _base_nat(nat: _Table) -> None:
+        for c in (
+            n.KUBE_MARK_MASQ,
+            n.KUBE_NODEPORTS,
+            n.KUBE_POSTROUTING,
+            n.KUBE_PROXY_CANARY,
+            n.KUBE_SERVICES,
+        ):
+            nat.chain(c)
+        portals = _comment("kubernetes service portals")
+        nat.add("PREROUTING", portals, f"-j {n.KUBE_SERVICES}")
+        nat.add("OUTPUT", portals, f"-j {n.KUBE_SERVICES}")
+        nat.add("POSTROUTING", _comment("kubernetes postrouting rules"), f"-j {n.KUBE_POSTROUTING}")
+        mark = n.MASQUERADE_MARK
+        nat.add(n.KUBE_MARK_MASQ, f"-j MARK --or-mark {mark}")
+        nat.add(n.KUBE_POSTROUTING, f"-m mark ! --mark {mark}/{mark}", "-j RETURN")
+        nat.add(n.KUBE_POSTROUTING, f"-j MARK --xor-mark {mark}")
+        nat.add(
+            n.KUBE_POSTROUTING,
+            _comment("kubernetes service traffic requiring SNAT"),
+            "-j MASQUERADE --random-fully",
+        )
+
+    # --- one service port ---------------------------------------------------------------------
+
+    def _service_port(
+        self,
+        nat: _Table,
+        flt: _Table,
+        svc: Service,
+        port: ServicePort,
+        endpoints: tuple[Endpoint, ...],
+        ctx: ProxierContext,
+    ) -> None:
+        name = svc.port_name(port)
+        proto = port.protocol
+        vip = f"-d {svc.cluster_ip}/32 --dport {port.port}"
+        local = tuple(e for e in endpoints if e.node == ctx.node)
+        ext_local = svc.external_traffic_policy == "Local"
+
+        if not endpoints:
+            # kube-proxy rejects in filter: "connection refused" at once, never a timeout
+            flt.add(
+                n.KUBE_SERVICES,
+                _comment(f"{name} has no endpoints"),
+                _proto(port),
+                vip,
+                "-j REJECT",
+            )
+            if port.node_port is not None:
+                flt.add(
+                    n.KUBE_EXTERNAL_SERVICES,
+                    _comment(f"{name} has no endpoints"),
+                    "-m addrtype --dst-type LOCAL",
+                    _proto(port),
+                    f"--dport {port.node_port}",
+                    "-j REJECT",
+                )
+            return
+
+        svc_chain = n.svc_chain(name, proto)
+        nat.chain(svc_chain)
+        nat.add(
+            n.KUBE_SERVICES, _comment(f"{name} cluster IP"), _proto(port), vip, f"-j {svc_chain}"
+        )
+        nat.add(
+            svc_chain,
+            _comment(f"{name} cluster IP"),
+            _proto(port),
+            vip,
+            f"! -s {ctx.cluster_cidr}",
+            f"-j {n.KUBE_MARK_MASQ}",
+        )
+        self._to_endpoints(nat, svc_chain, name, proto, endpoints)
+
+        if port.node_port is None:
+            self._sep_chains(nat, name, proto, endpoints)
+            return
+
+        ext_chain = n.ext_chain(name, proto)
+        nat.chain(ext_chain)
+        nat.add(
+            n.KUBE_NODEPORTS,
+            _comment(name),
+            _proto(port),
+            f"--dport {port.node_port}",
+            f"-j {ext_chain}",
+        )
+        if ext_local:
+            svl_chain = n.svl_chain(name, proto)
+            nat.chain(svl_chain)
+            nat.add(
+                ext_chain,
+                _comment(f"pod traffic for {name} external destinations"),
+                f"-s {ctx.cluster_cidr}",
+                f"-j {svc_chain}",
+            )
+            nat.add(
+                ext_chain,
+                _comment(f"masquerade LOCAL traffic for {name} external destinations"),
+                "-m addrtype --src-type LOCAL",
+                f"-j {n.KUBE_MARK_MASQ}",
+            )
+            nat.add(
+                ext_chain,
+                _comment(f"route LOCAL traffic for {name} external destinations"),
+                "-m addrtype --src-type LOCAL",
+                f"-j {svc_chain}",
+            )
+            nat.add(ext_chain, f"-j {svl_chain}")
+            self._to_endpoints(nat, svl_chain, name, proto, local)
+            if not local:
+                flt.add(
+                    n.KUBE_EXTERNAL_SERVICES,
+                    _comment(f"{name} has no local endpoints"),
+                    "-m addrtype --dst-type LOCAL",
+                    _proto(port),
+                    f"--dport {port.node_port}",
+                    "-j DROP",
+                )
+        else:
+            nat.add(
+                ext_chain,
+                _comment(f"masquerade traffic for {name} external destinations"),
+                f"-j {n.KUBE_MARK_MASQ}",
+            )
+            nat.add(ext_chain, f"-j {svc_chain}")
+        self._sep_chains(nat, name, proto, endpoints)
+
+    @staticmethod
+    def _to_endpoints(
+        nat: _Table, chain: str, name: str, proto: str, endpoints: tuple[Endpoint, ...]
+    ) -> None:
+        """Endpoint i of n gets probability 1/(n-i); the last one has no statistic match."""
+        count = len(endpoints)
+        for i, ep in enumerate(endpoints):
+            sep = n.sep_chain(name, proto, ep.address)
+            stat = (
+                f"-m statistic --mode random --probability {n.probability(i, count)}"
+                if i < count - 1
+                else ""
+            )
+            nat.add(chain, _comment(f"{name} -> {ep.address}"), stat, f"-j {sep}")
+
+    @staticmethod
+    def _sep_chains(nat: _Table, name: str, proto: str, endpoints: tuple[Endpoint, ...]) -> None:
+        p = proto.lower()
+        for ep in endpoints:
+            sep = n.sep_chain(name, proto, ep.address)
+            nat.chain(sep)
+            nat.add(sep, _comment(name), f"-s {ep.ip}/32", f"-j {n.KUBE_MARK_MASQ}")
+            nat.add(sep, _comment(name), f"-m {p} -p {p}", f"-j DNAT --to-destination {ep.address}")

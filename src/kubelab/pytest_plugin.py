@@ -1,0 +1,224 @@
+"""The kubelab pytest plugin: lab selection, fixtures and result recording for scenarios.
+
+Registered through the `pytest11` entry point. Scenarios get:
+
+- `lab`: the running Lab (brought up by `kubelab run`, or by this plugin with --lab SPEC)
+- `record`: this case's recorder: metrics, expectations, and a named verdict
+- `traffic`: bounded Locust probes from the lab's client; samples land in samples.parquet
+- `hosts`: testinfra hosts for every node, over SSH, exactly as for VMs
+
+Every case writes its rows to results.parquet as soon as it ends (`pytest_runtest_makereport`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import testinfra
+
+from kubelab.lab import Lab
+from kubelab.results import ResultsWriter, RunContext, Verdict, new_run_id, write_provenance
+from kubelab.spec import load_spec
+from kubelab.traffic.runner import ProbePlan, ProbeRun, run_probes
+
+SESSION_KEY = pytest.StashKey["LabSession"]()
+RECORD_KEY = pytest.StashKey["CaseRecord"]()
+
+
+@dataclass
+class LabSession:
+    """A running lab and where its results go; `kubelab run` hands one to pytest."""
+
+    lab: Lab
+    writer: ResultsWriter
+
+
+def run_context(lab: Lab, run_id: str) -> RunContext:
+    cni, cni_mode = lab.dataplane.cni
+    return RunContext(
+        run_id=run_id,
+        lab=lab.spec.lab_id,
+        substrate=lab.spec.substrate.kind,
+        dataplane=lab.spec.dataplane.kind,
+        proxy_mode=lab.dataplane.proxy_mode,
+        cni=cni,
+        cni_mode=cni_mode,
+        kernel=os.uname().release,
+    )
+
+
+class SessionPlugin:
+    """Hands an already-running LabSession to the plugin (used by `kubelab run`)."""
+
+    def __init__(self, session: LabSession) -> None:
+        self.session = session
+
+    def pytest_configure(self, config: pytest.Config) -> None:
+        config.stash[SESSION_KEY] = self.session
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("kubelab", "kubelab scenarios")
+    group.addoption("--lab", metavar="SPEC", help="bring up this lab spec for the scenarios")
+    group.addoption("--run-dir", metavar="DIR", help="results directory (default reports/<id>)")
+
+
+@pytest.fixture(scope="session")
+def lab_session(request: pytest.FixtureRequest) -> Iterator[LabSession]:
+    config = request.config
+    if SESSION_KEY in config.stash:
+        yield config.stash[SESSION_KEY]
+        return
+    spec_path = config.getoption("--lab")
+    if not spec_path:
+        pytest.skip("no lab: pass --lab labs/local.yaml, or use `kubelab run`")
+    if os.geteuid() != 0:
+        pytest.skip("the embedded lab needs root (network namespaces, iptables)")
+    spec = load_spec(spec_path)
+    lab = Lab(spec)
+    run_id = new_run_id(spec.lab_id)
+    run_dir = Path(config.getoption("--run-dir") or Path("reports") / run_id)
+    context = run_context(lab, run_id)
+    writer = ResultsWriter(run_dir, context)
+    write_provenance(run_dir, spec, spec_path, context)
+    lab.up()
+    try:
+        yield LabSession(lab, writer)
+    finally:
+        lab.down()
+
+
+@pytest.fixture(scope="session")
+def lab(lab_session: LabSession) -> Lab:
+    return lab_session.lab
+
+
+@dataclass
+class CaseRecord:
+    """What one scenario case measured and expected. Its verdict is named, never a bag of
+    booleans: PASS when every expectation held, FAIL with the broken ones listed."""
+
+    scenario: str
+    case: str
+    writer: ResultsWriter
+    metrics: list[tuple[str, float, str, str]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def metric(self, name: str, value: float, unit: str = "", detail: str = "") -> None:
+        self.metrics.append((name, float(value), unit, detail))
+
+    def expect(self, condition: bool, message: str) -> bool:
+        """Record an expectation; `message` says what is broken when it does not hold."""
+        if not condition:
+            self.failures.append(message)
+        return condition
+
+    def samples(self, frame: pd.DataFrame) -> None:
+        self.writer.add_samples(self.scenario, self.case, frame)
+
+    def verdict(self) -> Verdict:
+        """Call last in a case: fails the test with every broken expectation."""
+        if self.failures:
+            raise AssertionError("; ".join(self.failures))
+        return Verdict.PASS
+
+    def rows(self, verdict: Verdict, detail: str) -> list[dict[str, Any]]:
+        rows = [
+            {
+                "scenario": self.scenario,
+                "case": self.case,
+                "metric": m,
+                "value": v,
+                "unit": u,
+                "verdict": str(verdict),
+                "detail": d,
+            }
+            for m, v, u, d in self.metrics
+        ]
+        rows.append(
+            {
+                "scenario": self.scenario,
+                "case": self.case,
+                "metric": "verdict",
+                "value": 1.0 if verdict is Verdict.PASS else 0.0,
+                "unit": "",
+                "verdict": str(verdict),
+                "detail": detail,
+            }
+        )
+        return rows
+
+
+def case_ids(item: pytest.Item) -> tuple[str, str]:
+    """Scenario = module name without `test_`; case = test name without `test_`."""
+    module = Path(str(item.fspath)).stem.removeprefix("test_")
+    return module, item.name.removeprefix("test_")
+
+
+@pytest.fixture
+def record(request: pytest.FixtureRequest, lab_session: LabSession) -> CaseRecord:
+    scenario, case = case_ids(request.node)
+    rec = CaseRecord(scenario, case, lab_session.writer)
+    request.node.stash[RECORD_KEY] = rec
+    return rec
+
+
+class Traffic:
+    """Bounded probes from the lab's client; every probe becomes a sample row."""
+
+    def __init__(self, lab: Lab, record: CaseRecord) -> None:
+        self.lab = lab
+        self.record = record
+
+    def probe(self, host: str, port: int, **plan: Any) -> ProbeRun:
+        plan.setdefault("seed", self.lab.spec.seed)
+        run = run_probes(
+            self.lab.runner(self.lab.topology.client.name),
+            ProbePlan(host, port, **plan),
+            self.lab.state_dir,
+        )
+        self.record.samples(run.samples)
+        return run
+
+
+@pytest.fixture
+def traffic(lab: Lab, record: CaseRecord) -> Traffic:
+    return Traffic(lab, record)
+
+
+@pytest.fixture(scope="session")
+def hosts(lab: Lab) -> dict[str, Any]:
+    """testinfra hosts for every node, reached over SSH with the lab's ssh_config."""
+    return {
+        node.name: testinfra.get_host(f"ssh://{node.name}", ssh_config=str(lab.ssh_config))
+        for node in lab.topology.nodes
+    }
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    rec = item.stash.get(RECORD_KEY, None)
+    if rec is None:
+        return
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        if report.passed:
+            verdict, detail = Verdict.PASS, ""
+        elif report.skipped:
+            verdict = Verdict.SKIP
+            detail = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else ""
+        elif call.excinfo is not None and call.excinfo.errisinstance(AssertionError):
+            verdict, detail = Verdict.FAIL, "; ".join(rec.failures) or str(call.excinfo.value)
+        else:
+            verdict = Verdict.ERROR
+            detail = call.excinfo.exconly() if call.excinfo else "error"
+        rec.writer.add_rows(rec.rows(verdict, detail[:2000]))

@@ -1,0 +1,72 @@
+"""`kubelab run`: up -> scenarios (pytest, JUnit XML) -> report -> down, as data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kubelab.lab import Lab, check_environment
+from kubelab.pytest_plugin import LabSession, SessionPlugin, run_context
+from kubelab.report.html import render
+from kubelab.results import ResultsWriter, new_run_id, write_provenance
+from kubelab.spec import load_spec
+
+# pytest's exit codes -> kubelab's: 0 all passed, 1 a scenario failed, 2 bad input,
+# 130 interrupted (Ctrl-C), as a shell reports SIGINT.
+PYTEST_TO_EXIT = {0: 0, 1: 1, 2: 130, 3: 1, 4: 2, 5: 1}
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    exit_code: int
+    run_dir: Path
+    report: Path | None
+
+
+def default_scenarios(spec_path: Path) -> Path:
+    beside = spec_path.resolve().parent.parent / "scenarios"
+    return beside if beside.is_dir() else Path("scenarios")
+
+
+def run_lab(
+    spec_path: Path,
+    scenarios: Path | None = None,
+    reports_root: Path = Path("reports"),
+    pytest_args: Sequence[str] = (),
+    progress: Callable[[str], None] = print,
+) -> RunOutcome:
+    spec = load_spec(spec_path)  # bad input stops here, before anything exists
+    check_environment(spec)
+    scenarios = scenarios or default_scenarios(spec_path)
+    lab = Lab(spec)
+    run_id = new_run_id(spec.lab_id)
+    run_dir = reports_root / run_id
+    context = run_context(lab, run_id)
+    writer = ResultsWriter(run_dir, context)
+    write_provenance(run_dir, spec, str(spec_path), context)
+    try:
+        lab.up(progress)
+        progress(f"scenarios in {scenarios}")
+        code = pytest.main(
+            [
+                str(scenarios),
+                f"--junitxml={run_dir / 'junit.xml'}",
+                "-p",
+                "no:cacheprovider",
+                f"--rootdir={scenarios.resolve().parent}",
+                "-q",
+                # kubelab is imported before pytest starts, so it cannot be assert-rewritten
+                "-W",
+                "ignore::pytest.PytestAssertRewriteWarning",
+                *pytest_args,
+            ],
+            plugins=[SessionPlugin(LabSession(lab, writer))],
+        )
+    finally:
+        progress("tearing the lab down")
+        lab.down()
+    report = render(run_dir)
+    return RunOutcome(PYTEST_TO_EXIT.get(int(code), 1), run_dir, report)

@@ -1,0 +1,149 @@
+"""The netns substrate: nodes and the client are network namespaces on the local kernel.
+
+Layout (every namespace named kl-<lab>-<member>):
+
+    kl-<lab>-fabric   bridge br0 = the node network; one veth port per member
+    kl-<lab>-<node>   eth0 on the node network, ip_forward=1
+    kl-<lab>-<client> eth0 on the node network, nothing else
+
+Nothing is created in the host's own namespace: every veth is created inside a lab
+namespace and its peer moved straight into another lab namespace. No namespace has a
+default route or any link outside the lab.
+
+Nodes are reached over real SSH: ssh's ProxyCommand starts `sshd -i` inside the node's
+namespace, speaking over a pipe, so testinfra's ssh backend runs unchanged against these
+nodes and against VMs, and no address is opened on the host.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from kubelab import netns_util
+from kubelab.errors import LabError
+from kubelab.hosts import NetnsRunner, Runner
+from kubelab.substrates.base import Substrate
+from kubelab.topology import netns_prefix
+
+FABRIC_BRIDGE = "br0"
+SSHD = "/usr/sbin/sshd"
+
+
+class NetnsSubstrate(Substrate):
+    kind = "netns"
+
+    @property
+    def prefix(self) -> str:
+        return netns_prefix(self.topology.lab_id)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def up(self) -> None:
+        topo = self.topology
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        netns_util.create_netns(topo.fabric_netns)
+        with IPRoute(netns=topo.fabric_netns) as ipr:
+            ipr.link("add", ifname=FABRIC_BRIDGE, kind="bridge")
+            bridge = ipr.link_lookup(ifname=FABRIC_BRIDGE)[0]
+            ipr.link("set", index=bridge, state="up")
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        plen = topo.spec.network.node_cidr.prefixlen
+        for node in topo.nodes:
+            self._attach(node.netns, node.name, str(node.ip), plen)
+            netns_util.set_sysctl(node.netns, "net/ipv4/ip_forward", "1")
+            # Node-originated traffic to a ClusterIP needs a route before OUTPUT's DNAT, as
+            # a real node's default route gives; this one stays on the node network.
+            with IPRoute(netns=node.netns) as ipr:
+                ipr.route(
+                    "add",
+                    dst=str(topo.spec.network.service_cidr),
+                    oif=ipr.link_lookup(ifname="eth0")[0],
+                )
+        self._attach(topo.client.netns, topo.client.name, str(topo.client.ip), plen)
+        self._write_ssh_access()
+
+    def _attach(self, ns: str, port_name: str, ip: str, prefixlen: int) -> None:
+        """A member namespace with eth0 plugged into the fabric bridge."""
+        netns_util.create_netns(ns)
+        with IPRoute(netns=ns) as ipr:
+            ipr.link(
+                "add",
+                ifname="eth0",
+                kind="veth",
+                peer={"ifname": port_name, "net_ns_fd": self.topology.fabric_netns},
+            )
+            eth0 = ipr.link_lookup(ifname="eth0")[0]
+            ipr.addr("add", index=eth0, address=ip, prefixlen=prefixlen)
+            ipr.link("set", index=eth0, state="up")
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        with IPRoute(netns=self.topology.fabric_netns) as ipr:
+            port = ipr.link_lookup(ifname=port_name)[0]
+            bridge = ipr.link_lookup(ifname=FABRIC_BRIDGE)[0]
+            ipr.link("set", index=port, master=bridge, state="up")
+
+    def down(self) -> None:
+        """Kill every process in the lab's namespaces or naming its state dir, then delete
+        the namespaces and the state dir. Works on a half-built or crashed lab too."""
+        namespaces = netns_util.list_netns(self.prefix)
+        pids: list[int] = []
+        for ns in namespaces:
+            pids += netns_util.pids_in(ns)
+        pids += netns_util.pids_mentioning(str(self.state_dir))
+        netns_util.kill_and_wait(sorted(set(pids)))
+        for ns in namespaces:
+            netns_util.remove_netns(ns)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def exists(self) -> bool:
+        return bool(netns_util.list_netns(self.prefix)) or self.state_dir.exists()
+
+    def runner(self, member: str) -> Runner:
+        members = self.topology.members()
+        if member not in members:
+            raise LabError(f"no member named {member!r}; members are {sorted(members)}")
+        return NetnsRunner(member, members[member])
+
+    # --- SSH access ---------------------------------------------------------------------------
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.state_dir / "ssh_config"
+
+    def _write_ssh_access(self) -> None:
+        if not Path(SSHD).exists():
+            raise LabError(f"{SSHD} is missing; install the openssh-server package")
+        d = self.state_dir
+        for key in ("ssh_host_ed25519_key", "id_ed25519"):
+            comment = f"kubelab-{self.topology.lab_id}"
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(d / key)],
+                check=True,
+            )
+        shutil.copy(d / "id_ed25519.pub", d / "authorized_keys")
+        (d / "sshd_config").write_text(
+            f"HostKey {d}/ssh_host_ed25519_key\n"
+            f"AuthorizedKeysFile {d}/authorized_keys\n"
+            "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+            "UsePAM no\nStrictModes no\nPidFile none\nLogLevel ERROR\n"
+        )
+        host_key = (d / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+        members = [(n.name, n.netns) for n in self.topology.nodes]
+        members.append((self.topology.client.name, self.topology.client.netns))
+        (d / "known_hosts").write_text(
+            "".join(f"{name} {' '.join(host_key)}\n" for name, _ in members)
+        )
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+        entries = [
+            f"Host {name}\n"
+            f"  User root\n  IdentityFile {d}/id_ed25519\n  IdentitiesOnly yes\n"
+            f"  UserKnownHostsFile {d}/known_hosts\n  StrictHostKeyChecking yes\n"
+            f"  BatchMode yes\n  LogLevel ERROR\n"
+            f"  ControlPath {d}/cm-%h\n"
+            f"  ProxyCommand ip netns exec {ns} {SSHD} -i -f {d}/sshd_config\n"
+            for name, ns in members
+        ]
+        self.ssh_config.write_text("\n".join(entries))

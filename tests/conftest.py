@@ -1,0 +1,103 @@
+"""Shared helpers. Tests that need root say so with @pytest.mark.root and skip without it."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubelab.lab import Lab
+from kubelab.spec import LabSpec, parse_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+LOCAL_SPEC = ROOT / "labs" / "local.yaml"
+TEST_LAB = "kltest"  # never collides with a lab a person is running from labs/
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root: network namespaces, iptables, sshd")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+def local_spec_data(**changes: Any) -> dict[str, Any]:
+    data = yaml.safe_load(LOCAL_SPEC.read_text())
+    data = copy.deepcopy(data)
+    data["name"] = TEST_LAB
+    data.update(changes)
+    return data
+
+
+def test_spec(**changes: Any) -> LabSpec:
+    return parse_spec(local_spec_data(**changes), "test")
+
+
+test_spec.__test__ = False  # type: ignore[attr-defined]
+
+
+def _run(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+
+
+def host_network_snapshot() -> dict[str, str]:
+    """The host namespace's links, addresses, routes and rules, without counters/timestamps."""
+
+    def save(table: str) -> str:
+        out = _run(["iptables-save", "-t", table])
+        out = "\n".join(line for line in out.splitlines() if not line.startswith("#"))
+        return re.sub(r"\[\d+:\d+\]", "[]", out)
+
+    def links() -> str:
+        return _run(["ip", "-o", "link", "show"])
+
+    return {
+        "links": links(),
+        "addresses": _run(["ip", "-o", "addr", "show"]),
+        "routes": _run(["ip", "route", "show", "table", "all"]),
+        "rules": _run(["ip", "rule", "show"]),
+        "nat": save("nat"),
+        "filter": save("filter"),
+        "nft": _run(["nft", "list", "ruleset"]),
+        "netns": _run(["ip", "netns", "list"]),
+    }
+
+
+def leftovers(lab_id: str) -> list[str]:
+    """Anything of lab `lab_id` still present: namespaces, processes, state files."""
+    found = [
+        f"netns {n}" for n in _run(["ip", "netns", "list"]).split() if n.startswith(f"kl-{lab_id}-")
+    ]
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if f"/run/kubelab/{lab_id}" in cmd or f"--lab {lab_id} " in cmd:
+            found.append(f"process {pid}: {cmd[:80]}")
+    if Path(f"/run/kubelab/{lab_id}").exists():
+        found.append(f"state dir /run/kubelab/{lab_id}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def running_lab() -> Iterator[Lab]:
+    """A real test lab for a whole module, always torn down."""
+    lab = Lab(test_spec())
+    lab.up()
+    try:
+        yield lab
+    finally:
+        lab.down()

@@ -1,0 +1,110 @@
+"""The command line against a real lab: up, status, exec, down, run, and Ctrl-C at any point."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import ROOT, leftovers, local_spec_data
+
+pytestmark = [pytest.mark.root, pytest.mark.lab]
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "kltest.yaml"
+    path.write_text(yaml.safe_dump(local_spec_data()))
+    return path
+
+
+def kubelab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kubelab.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_up_status_exec_down(spec_file: Path) -> None:
+    try:
+        up = kubelab("up", str(spec_file))
+        assert up.returncode == 0, up.stderr
+        status = json.loads(kubelab("status", str(spec_file), "--json").stdout)
+        assert status["up"] is True
+        assert [n["name"] for n in status["nodes"]] == ["node1", "node2", "node3"]
+        assert status["client"]["netns"] == "kl-kltest-client"
+        assert len(status["pods"]) == 6 and all(p["netns"] for p in status["pods"])
+        svc = status["services"][0]
+        assert svc["name"] == "default/echo" and svc["ports"][0]["node_port"] == 30080
+        assert len(svc["endpoints"]) == 6
+
+        shown = kubelab("exec", str(spec_file), "node2", "--", "ip", "-o", "-4", "addr", "show",
+                        "eth0")
+        assert shown.returncode == 0 and "192.168.56.12/24" in shown.stdout
+        pod = kubelab("exec", str(spec_file), "echo-node1-0", "--", "ip", "-o", "-4", "addr",
+                      "show", "eth0")
+        assert "10.244.1.2/24" in pod.stdout
+        failing = kubelab("exec", str(spec_file), "client", "--", "sh", "-c", "exit 3")
+        assert failing.returncode == 3
+        unknown = kubelab("exec", str(spec_file), "nobody", "--", "true")
+        assert unknown.returncode == 1 and "no member named 'nobody'" in unknown.stderr
+    finally:
+        down = kubelab("down", str(spec_file))
+    assert down.returncode == 0, down.stderr
+    assert leftovers("kltest") == []
+    assert json.loads(kubelab("status", str(spec_file), "--json").stdout)["up"] is False
+
+
+def test_run_end_to_end_writes_the_report(spec_file: Path, tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    started = time.monotonic()
+    proc = kubelab("run", str(spec_file), "--scenarios", str(ROOT / "scenarios"),
+                   "--reports", str(reports))
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = Path(proc.stdout.strip().splitlines()[-1])
+    assert report.name == "report.html" and report.exists()
+    run_dir = report.parent
+    for name in ("results.parquet", "samples.parquet", "junit.xml", "provenance.json"):
+        assert (run_dir / name).exists(), name
+    results = pd.read_parquet(run_dir / "results.parquet")
+    verdicts = results[results["metric"] == "verdict"]
+    assert sorted(verdicts["case"]) == ["cluster_policy_snats", "local_policy_keeps_client_ip"]
+    assert set(verdicts["verdict"]) == {"pass"}
+    assert set(results["lab"]) == {"kltest"} and set(results["proxy_mode"]) == {"iptables"}
+    samples = pd.read_parquet(run_dir / "samples.parquet")
+    assert len(samples) == 600 and samples["ok"].all()
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["spec"]["name"] == "kltest" and provenance["seeds"] == {"lab": 1}
+    assert provenance["kernel"] == os.uname().release and provenance["tools"]["iptables"]
+    html = report.read_text()
+    assert "2/2 cases passed" in html and "<svg" in html
+    assert leftovers("kltest") == []
+    print(f"kubelab run took {elapsed:.1f}s")  # shown with -s; a benchmark, not an assertion
+
+
+@pytest.mark.parametrize("delay", [0.4, 1.2, 2.5, 4.0])
+def test_ctrl_c_at_any_point_leaves_nothing(spec_file: Path, tmp_path: Path,
+                                            delay: float) -> None:
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubelab.cli", "run", str(spec_file), "--scenarios",
+         str(ROOT / "scenarios"), "--reports", str(tmp_path / "reports")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    time.sleep(delay)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 1, 130), out.decode()[-2000:]
+    assert leftovers("kltest") == [], out.decode()[-2000:]
+    # and the next run works
+    again = kubelab("run", str(spec_file), "--scenarios", str(ROOT / "scenarios"),
+                    "--reports", str(tmp_path / "reports2"))
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert leftovers("kltest") == []

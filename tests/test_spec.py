@@ -1,0 +1,145 @@
+"""Lab spec validation: good specs load; each kind of bad spec gives one line, exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import LOCAL_SPEC, local_spec_data
+from kubelab.errors import SpecError
+from kubelab.spec import load_spec, parse_spec
+
+
+def test_default_lab_loads() -> None:
+    spec = load_spec(LOCAL_SPEC)
+    assert spec.name == "local"
+    assert spec.substrate.kind == "netns"
+    assert spec.dataplane.proxy_mode == "iptables"
+    assert spec.dataplane.pod_network == "host-gw"
+    assert [n.name for n in spec.nodes] == ["node1", "node2", "node3"]
+    assert str(spec.network.pod_cidr) == "10.244.0.0/16"
+    assert str(spec.network.service_cidr) == "10.96.0.0/12"
+    assert spec.services[0].ports[0].node_port == 30080
+
+
+def test_digest_is_stable_and_sensitive() -> None:
+    a = parse_spec(local_spec_data(), "a")
+    b = parse_spec(local_spec_data(), "b")
+    c = parse_spec(local_spec_data(seed=2), "c")
+    assert a.digest() == b.digest() != c.digest()
+
+
+def _with(path: list[str | int], value: object) -> dict:
+    data = local_spec_data()
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return data
+
+
+BAD = {
+    "unknown field": (_with(["nodes", 0, "cpus"], 2), "nodes[0].cpus: unknown field"),
+    "unknown top-level field": (local_spec_data(proxy="iptables"), "proxy: unknown field"),
+    "bad CIDR": (
+        _with(["network", "pod_cidr"], "10.244.0.0/33"),
+        "network.pod_cidr: '10.244.0.0/33' is not a valid IPv4 network",
+    ),
+    "host bits set": (
+        _with(["network", "node_cidr"], "192.168.56.1/24"),
+        "network.node_cidr: '192.168.56.1/24' is not a valid IPv4 network",
+    ),
+    "overlapping CIDRs": (
+        _with(["network", "service_cidr"], "10.244.128.0/20"),
+        "pod_cidr 10.244.0.0/16 overlaps service_cidr 10.244.128.0/20",
+    ),
+    "unknown proxy mode": (
+        _with(["dataplane", "proxy_mode"], "userspace"),
+        "dataplane.proxy_mode: 'userspace' is not supported; use 'iptables'",
+    ),
+    "unknown substrate": (
+        _with(["substrate", "kind"], "docker"),
+        "substrate.kind: 'docker' is not supported; use 'netns'",
+    ),
+    "NodePort out of range": (
+        _with(["services", 0, "ports", 0, "node_port"], 80),
+        "services[0].ports[0].node_port: 80 is outside the NodePort "
+        "range; use a port from 30000 to 32767",
+    ),
+    "too many pods": (
+        _with(["workloads", 0, "pods_per_node"], 300),
+        "300 pods per node do not fit a /24 node slice",
+    ),
+    "too many nodes for the pod CIDR": (
+        _with(["network", "node_pod_prefix"], 17),
+        "pod_cidr 10.244.0.0/16 holds 2 /17 node slices, too few for 3 nodes",
+    ),
+    "unknown workload": (
+        _with(["services", 0, "workload"], "web"),
+        "selects workload 'web', which is not defined",
+    ),
+    "missing field": (
+        {k: v for k, v in local_spec_data().items() if k != "nodes"},
+        "nodes: required field is missing",
+    ),
+    "bad lab name": (local_spec_data(name="My-Lab"), "name: 'My-Lab'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD), ids=lambda c: c.replace(" ", "-"))
+def test_bad_spec_gives_one_line(case: str) -> None:
+    data, expected = BAD[case]
+    with pytest.raises(SpecError) as err:
+        parse_spec(data, "bad.yaml")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("bad.yaml: ")
+    assert expected in message, message
+
+
+def test_not_a_mapping() -> None:
+    with pytest.raises(SpecError, match="must hold a mapping"):
+        parse_spec(["a"], "x.yaml")
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    p = tmp_path / "broken.yaml"
+    p.write_text("name: a\nnodes: [\n")
+    with pytest.raises(SpecError, match=r"line \d+: not valid YAML"):
+        load_spec(p)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(SpecError, match="no such lab spec file"):
+        load_spec("labs/nope.yaml")
+
+
+@pytest.mark.parametrize("command", ["up", "run", "status"])
+def test_cli_bad_spec_exit_2_and_builds_nothing(tmp_path: Path, command: str) -> None:
+    bad = _with(["services", 0, "ports", 0, "node_port"], 40000)
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(bad))
+    before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kubelab.cli",
+            command,
+            str(p),
+            *(["--reports", str(tmp_path / "reports")] if command == "run" else []),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "services[0].ports[0].node_port: 40000 is outside the NodePort range" in lines[0]
+    assert not (tmp_path / "reports").exists()
+    after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert before == after
