@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
 from conftest import ROOT, leftovers, local_spec_data
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -26,8 +27,13 @@ def spec_file(tmp_path: Path) -> Path:
 
 
 def kubelab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kubelab.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "kubelab.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def test_up_status_exec_down(spec_file: Path) -> None:
@@ -43,11 +49,13 @@ def test_up_status_exec_down(spec_file: Path) -> None:
         assert svc["name"] == "default/echo" and svc["ports"][0]["node_port"] == 30080
         assert len(svc["endpoints"]) == 6
 
-        shown = kubelab("exec", str(spec_file), "node2", "--", "ip", "-o", "-4", "addr", "show",
-                        "eth0")
+        shown = kubelab(
+            "exec", str(spec_file), "node2", "--", "ip", "-o", "-4", "addr", "show", "eth0"
+        )
         assert shown.returncode == 0 and "192.168.56.12/24" in shown.stdout
-        pod = kubelab("exec", str(spec_file), "echo-node1-0", "--", "ip", "-o", "-4", "addr",
-                      "show", "eth0")
+        pod = kubelab(
+            "exec", str(spec_file), "echo-node1-0", "--", "ip", "-o", "-4", "addr", "show", "eth0"
+        )
         assert "10.244.1.2/24" in pod.stdout
         failing = kubelab("exec", str(spec_file), "client", "--", "sh", "-c", "exit 3")
         assert failing.returncode == 3
@@ -63,8 +71,9 @@ def test_up_status_exec_down(spec_file: Path) -> None:
 def test_run_end_to_end_writes_the_report(spec_file: Path, tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     started = time.monotonic()
-    proc = kubelab("run", str(spec_file), "--scenarios", str(ROOT / "scenarios"),
-                   "--reports", str(reports))
+    proc = kubelab(
+        "run", str(spec_file), "--scenarios", str(ROOT / "scenarios"), "--reports", str(reports)
+    )
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = Path(proc.stdout.strip().splitlines()[-1])
@@ -89,13 +98,24 @@ def test_run_end_to_end_writes_the_report(spec_file: Path, tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("delay", [0.4, 1.2, 2.5, 4.0])
-def test_ctrl_c_at_any_point_leaves_nothing(spec_file: Path, tmp_path: Path,
-                                            delay: float) -> None:
+def test_ctrl_c_at_any_point_leaves_nothing(spec_file: Path, tmp_path: Path, delay: float) -> None:
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kubelab.cli", "run", str(spec_file), "--scenarios",
-         str(ROOT / "scenarios"), "--reports", str(tmp_path / "reports")],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "kubelab.cli",
+            "run",
+            str(spec_file),
+            "--scenarios",
+            str(ROOT / "scenarios"),
+            "--reports",
+            str(tmp_path / "reports"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     time.sleep(delay)
     if proc.poll() is None:
@@ -104,7 +124,13 @@ def test_ctrl_c_at_any_point_leaves_nothing(spec_file: Path, tmp_path: Path,
     assert proc.returncode in (0, 1, 130), out.decode()[-2000:]
     assert leftovers("kltest") == [], out.decode()[-2000:]
     # and the next run works
-    again = kubelab("run", str(spec_file), "--scenarios", str(ROOT / "scenarios"),
-                    "--reports", str(tmp_path / "reports2"))
+    again = kubelab(
+        "run",
+        str(spec_file),
+        "--scenarios",
+        str(ROOT / "scenarios"),
+        "--reports",
+        str(tmp_path / "reports2"),
+    )
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert leftovers("kltest") == []

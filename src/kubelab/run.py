@@ -31,6 +31,30 @@ def default_scenarios(spec_path: Path) -> Path:
     return beside if beside.is_dir() else Path("scenarios")
 
 
+def run_scenarios(
+    lab: Lab, writer: ResultsWriter, scenarios: Path, pytest_args: Sequence[str] = ()
+) -> int:
+    """Run the scenario modules against a lab that is up; returns pytest's exit code."""
+    top = scenarios.resolve() if scenarios.is_dir() else scenarios.resolve().parent
+    return int(
+        pytest.main(
+            [
+                str(scenarios),
+                f"--junitxml={writer.run_dir / 'junit.xml'}",
+                "-p",
+                "no:cacheprovider",
+                f"--rootdir={top.parent}",
+                "-q",
+                # kubelab is imported before pytest starts, so it cannot be assert-rewritten
+                "-W",
+                "ignore::pytest.PytestAssertRewriteWarning",
+                *pytest_args,
+            ],
+            plugins=[SessionPlugin(LabSession(lab, writer))],
+        )
+    )
+
+
 def run_lab(
     spec_path: Path,
     scenarios: Path | None = None,
@@ -50,21 +74,7 @@ def run_lab(
     try:
         lab.up(progress)
         progress(f"scenarios in {scenarios}")
-        code = pytest.main(
-            [
-                str(scenarios),
-                f"--junitxml={run_dir / 'junit.xml'}",
-                "-p",
-                "no:cacheprovider",
-                f"--rootdir={scenarios.resolve().parent}",
-                "-q",
-                # kubelab is imported before pytest starts, so it cannot be assert-rewritten
-                "-W",
-                "ignore::pytest.PytestAssertRewriteWarning",
-                *pytest_args,
-            ],
-            plugins=[SessionPlugin(LabSession(lab, writer))],
-        )
+        code = run_scenarios(lab, writer, scenarios, pytest_args)
     finally:
         progress("tearing the lab down")
         lab.down()

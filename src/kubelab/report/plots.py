@@ -32,7 +32,13 @@ def pods_by_source_ip(samples: pd.DataFrame, title: str) -> str:
         table.plot(kind="bar", stacked=True, ax=ax, width=0.7)
         ax.set_ylabel("probes answered")
         ax.set_xlabel("pod")
-        ax.legend(title="source IP the pod saw", fontsize=8, title_fontsize=8)
+        ax.legend(
+            title="source IP the pod saw",
+            fontsize=8,
+            title_fontsize=8,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+        )
         ax.tick_params(axis="x", labelrotation=30)
     ax.set_title(title, fontsize=10)
     return _svg(fig)
