@@ -78,12 +78,11 @@ def test_cluster_policy_snats(
     latency = lab.update_service(SERVICE, external_traffic_policy="Cluster")
     record.metric("network_programming_latency", latency, "s")
     ok, target = _probe_nodeport(lab, traffic, record)
-    node = lab.topology.node(target)
     client_ip = str(lab.topology.client.ip)
-    expected_pods = {p.name for p in lab.topology.pods if p.workload == "echo"}
+    expected_pods = {p.name for p in lab.running_pods("echo")}
     answered = set(ok["pod"])
     seen = set(ok["client_ip"])
-    node_side = {str(node.ip), str(node.pod_gateway)}
+    node_side = lab.node_addresses(target)
     record.metric("pods_answered", len(answered), "pods", f"of {len(expected_pods)}")
     record.metric("client_ip_seen_fraction", (ok["client_ip"] == client_ip).mean(), "ratio")
     record.expect(
@@ -118,7 +117,7 @@ def test_local_policy_keeps_client_ip(
     record.metric("network_programming_latency", latency, "s")
     ok, target = _probe_nodeport(lab, traffic, record)
     client_ip = str(lab.topology.client.ip)
-    local_pods = {p.name for p in lab.topology.pods_on(target) if p.workload == "echo"}
+    local_pods = {p.name for p in lab.running_pods("echo", target)}
     answered = set(ok["pod"])
     seen = set(ok["client_ip"])
     record.metric("pods_answered", len(answered), "pods", f"{len(local_pods)} on {target}")
@@ -137,7 +136,7 @@ def test_local_policy_keeps_client_ip(
     svc = lab.service(SERVICE)
     name = svc.port_name(svc.ports[0])
     for node_name, host in hosts.items():
-        local_eps = [p for p in lab.topology.pods_on(node_name) if p.workload == "echo"]
+        local_eps = lab.running_pods("echo", node_name)
         svl = [
             r
             for r in _rule_chains(host, naming.svl_chain(name, "TCP"))

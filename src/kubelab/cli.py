@@ -55,7 +55,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     _, spec = _load(args.lab)
-    status = Lab(spec).status()
+    status = Lab(spec).saved_status()
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -68,7 +68,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     c = status["client"]
     console.print(f"  client {c['name']:<6} {c['ip']:<15} {'':<21} {c['netns']}")
     for p in status["pods"]:
-        console.print(f"  pod {p['name']:<14} {p['ip']:<15} on {p['node']:<17} {p['netns']}")
+        console.print(
+            f"  pod {p['name']:<14} {p['ip']:<15} on {p['node']:<8} {p['phase']:<11} {p['netns']}"
+        )
     for s in status["services"]:
         ports = ", ".join(
             f"{p['port']}->{p['target_port']}"

@@ -1,8 +1,14 @@
 """The Lab: what scenarios may do to any lab, whatever its substrate and dataplane.
 
-A Lab is a substrate (where nodes live) plus a dataplane (who forwards packets). Its
-lifecycle is data (UP_STEPS): each step is small, and `down` removes everything, including
-what a crashed earlier run left, so `up` starts with it.
+A Lab is a substrate (where nodes live) plus a dataplane (who forwards packets) plus the
+cluster state kube-proxy reads: Services, pods and their endpoint conditions, node health.
+Its lifecycle is data (UP_STEPS); `down` removes everything, including what a crashed
+earlier run left, so `up` starts with it.
+
+Churn happens as in a cluster: the change is accepted, the endpoints (or Service) object
+changes (at once, or after the detection delay for a pod that died or a node that failed),
+and every node is re-synced. Each re-sync records its network-programming latency (change
+published -> rules applied on every node), kube-proxy's network_programming_duration_seconds.
 """
 
 from __future__ import annotations
@@ -10,25 +16,29 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from kubelab.dataplanes.base import Dataplane
 from kubelab.dataplanes.reference.dataplane import ReferenceDataplane
 from kubelab.errors import EnvironmentMissing, LabError
 from kubelab.hosts import CommandResult, Runner
-from kubelab.model import Service, ServiceState, endpoints_of, service_from_spec
-from kubelab.spec import LabSpec
+from kubelab.model import Endpoint, Service, ServiceState, allocate_node_port, service_from_spec
+from kubelab.spec import LabSpec, ServiceSpec
 from kubelab.substrates.base import Substrate
 from kubelab.substrates.netns import NetnsSubstrate
-from kubelab.topology import Topology
+from kubelab.topology import PodInfo, Topology
 
 STATE_ROOT = Path(os.environ.get("KUBELAB_STATE_DIR", "/run/kubelab"))
-NETNS_TOOLS = ("ip", "iptables-restore", "iptables-save", "ssh", "ssh-keygen")
+NETNS_TOOLS = ("ip", "iptables-restore", "iptables-save", "ssh", "ssh-keygen", "conntrack")
+MODE_TOOLS = {"nftables": ("nft",), "ipvs": ("ipvsadm", "ipset")}
 
 Progress = Callable[[str], None]
+Phase = Literal["Running", "Terminating", "Dead"]
 
 
 def _quiet(_: str) -> None:
@@ -43,14 +53,35 @@ def check_environment(spec: LabSpec) -> None:
                 "the netns lab needs root (network namespaces, iptables); "
                 "run as root, e.g. with sudo"
             )
-        missing = [t for t in NETNS_TOOLS if shutil.which(t) is None]
+        mode = spec.dataplane.proxy_mode
+        missing = [t for t in (*NETNS_TOOLS, *MODE_TOOLS.get(mode, ())) if shutil.which(t) is None]
         if missing:
             raise EnvironmentMissing(
                 f"missing tools: {', '.join(missing)}; install the Debian "
-                "packages iproute2 iptables openssh-client openssh-server"
+                "packages iproute2 iptables nftables conntrack ipset ipvsadm "
+                "openssh-client openssh-server"
             )
         if not Path("/usr/sbin/sshd").exists():
             raise EnvironmentMissing("/usr/sbin/sshd is missing; install openssh-server")
+        if mode == "ipvs" and not Path("/proc/net/ip_vs").exists():
+            raise EnvironmentMissing(
+                "dataplane.proxy_mode ipvs needs the kernel's ip_vs, and this kernel has none "
+                "(no /proc/net/ip_vs); run IPVS labs in VMs, or use iptables or nftables here"
+            )
+
+
+@dataclass
+class PodRecord:
+    info: PodInfo
+    phase: Phase = "Running"
+    death_noticed: bool = False  # the endpoints controller has seen that it died
+
+
+@dataclass(frozen=True)
+class ProgrammingEvent:
+    change: str
+    published_at: float  # time.time() when the changed object was published
+    seconds: float  # published -> rules applied on every node
 
 
 class Lab:
@@ -62,20 +93,30 @@ class Lab:
         self.state_dir = state_root / spec.lab_id
         self.substrate: Substrate = NetnsSubstrate(self.topology, self.state_dir)
         self.dataplane: Dataplane = ReferenceDataplane(self.substrate, spec.dataplane)
+        self.detection_delay = spec.dataplane.endpoint_detection_delay_s
         self.services: dict[str, Service] = {}
+        self._taken_ports = {p.node_port for s in spec.services for p in s.ports if p.node_port}
+        self._taken_ports |= {
+            s.health_check_node_port for s in spec.services if s.health_check_node_port
+        }
         for i, svc_spec in enumerate(spec.services):
-            svc = service_from_spec(svc_spec, i, spec)
+            svc = service_from_spec(svc_spec, i, spec, self._taken_ports)
             self.services[svc.key] = svc
-        self._load_saved_services()
+        self.pods: dict[str, PodRecord] = {p.name: PodRecord(p) for p in self.topology.pods}
+        self.failed_nodes: dict[str, bool] = {}  # node -> failure noticed
+        self.programming: list[ProgrammingEvent] = []
+        self._lock = threading.RLock()
+        self._timers: list[threading.Thread] = []
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def up(self, progress: Progress = _quiet) -> None:
         check_environment(self.spec)
+        pods = [r.info for r in self.pods.values()]
         steps: Sequence[tuple[str, Callable[[], None]]] = (
             (self.UP_STEPS[0], self.substrate.down),
             (self.UP_STEPS[1], self.substrate.up),
-            (self.UP_STEPS[2], lambda: self.dataplane.up(self.service_states())),
+            (self.UP_STEPS[2], lambda: self.dataplane.up(self.service_states(), pods)),
         )
         try:
             for label, step in steps:
@@ -87,42 +128,247 @@ class Lab:
             raise
 
     def down(self) -> None:
+        self.settle()
         self.substrate.down()
-        if isinstance(self.dataplane, ReferenceDataplane):
-            self.dataplane.forget_processes()
+        self.dataplane.down()
 
     def exists(self) -> bool:
         return self.substrate.exists()
 
-    # --- Services -----------------------------------------------------------------------------
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait for every delayed change (detections, graceful deletes) to be applied."""
+        deadline = time.monotonic() + timeout
+        for thread in list(self._timers):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._timers = [t for t in self._timers if t.is_alive()]
+
+    # --- endpoints ----------------------------------------------------------------------------
+
+    def endpoints_of(self, service: Service) -> tuple[Endpoint, ...]:
+        """The Service's EndpointSlice as the control plane would publish it now."""
+        out = []
+        for record in self.pods.values():
+            pod = record.info
+            if pod.workload != service.workload:
+                continue
+            if record.phase == "Dead" and record.death_noticed:
+                continue  # the endpoints controller removed it
+            node_down = self.failed_nodes.get(pod.node, False)
+            if record.phase == "Terminating":
+                out.append(
+                    Endpoint(
+                        pod.ip,
+                        pod.port,
+                        pod.node,
+                        pod.name,
+                        ready=False,
+                        serving=not node_down,
+                        terminating=True,
+                    )
+                )
+            else:
+                out.append(
+                    Endpoint(
+                        pod.ip,
+                        pod.port,
+                        pod.node,
+                        pod.name,
+                        ready=not node_down,
+                        serving=not node_down,
+                    )
+                )
+        return tuple(out)
 
     def service(self, key: str) -> Service:
         if key not in self.services:
             raise LabError(f"no Service {key!r}; Services are {sorted(self.services)}")
         return self.services[key]
 
+    def service_state(self, key: str) -> ServiceState:
+        svc = self.service(key)
+        return ServiceState(svc, self.endpoints_of(svc))
+
     def service_states(self) -> list[ServiceState]:
         return [self.service_state(key) for key in self.services]
 
-    def service_state(self, key: str) -> ServiceState:
-        svc = self.service(key)
-        return ServiceState(svc, endpoints_of(svc, self.topology))
+    def sync(self, change: str, published_at: float | None = None) -> ProgrammingEvent:
+        """Re-program every node and record the network-programming latency."""
+        with self._lock:
+            published = published_at if published_at is not None else time.time()
+            self.dataplane.sync(self.service_states())
+            event = ProgrammingEvent(change, published, time.time() - published)
+            self.programming.append(event)
+            self._save_state()
+            return event
+
+    def _later(self, delay: float, action: Callable[[], None]) -> None:
+        def run() -> None:
+            time.sleep(delay)
+            action()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self._timers.append(thread)
+
+    # --- Services -----------------------------------------------------------------------------
+
+    def create_service(self, spec: ServiceSpec) -> ProgrammingEvent:
+        with self._lock:
+            index = len(self.services)
+            svc = service_from_spec(spec, index, self.spec, self._taken_ports)
+            while any(
+                s.cluster_ip == svc.cluster_ip
+                for s in self.services.values()
+                if svc.cluster_ip is not None
+            ):
+                index += 1
+                svc = svc.with_changes(
+                    cluster_ip=self.spec.network.service_cidr.network_address + 10 + index
+                )
+            if svc.key in self.services:
+                raise LabError(f"Service {svc.key} exists; delete it or pick another name")
+            self.services[svc.key] = svc
+            return self.sync(f"create Service {svc.key}")
 
     def update_service(self, key: str, **changes: Any) -> float:
         """Change a Service (e.g. external_traffic_policy="Local") and re-sync every node.
-        Returns the network-programming latency: change accepted -> rules on every node."""
-        accepted = time.monotonic()
-        self.services[key] = self.service(key).with_changes(**changes)
-        self.dataplane.sync(self.service_states())
-        self._save_state()
-        return time.monotonic() - accepted
+        Returns the network-programming latency in seconds."""
+        with self._lock:
+            svc = self.service(key).with_changes(**changes)
+            if svc.external_local and svc.health_check_node_port is None:
+                svc = svc.with_changes(health_check_node_port=allocate_node_port(self._taken_ports))
+            if not svc.external_local and svc.health_check_node_port is not None:
+                self._taken_ports.discard(svc.health_check_node_port)
+                svc = svc.with_changes(health_check_node_port=None)
+            self.services[key] = svc
+            return self.sync(f"update Service {key}: {changes}").seconds
+
+    def delete_service(self, key: str) -> ProgrammingEvent:
+        with self._lock:
+            self.service(key)
+            del self.services[key]
+            return self.sync(f"delete Service {key}")
 
     def nodeport_target(self, key: str, node: str, port_name: str | None = None) -> tuple[str, int]:
-        svc = self.service(key)
-        port = next((p for p in svc.ports if port_name in (None, p.name)), None)
-        if port is None or port.node_port is None:
-            raise LabError(f"Service {key} has no NodePort {port_name or ''}".strip())
+        port = self.service(key).port_by_name(port_name)
+        if port.node_port is None:
+            raise LabError(f"Service {key} port {port.name or port.port} has no NodePort")
         return str(self.topology.node(node).ip), port.node_port
+
+    def clusterip_target(self, key: str, port_name: str | None = None) -> tuple[str, int]:
+        svc = self.service(key)
+        if svc.cluster_ip is None:
+            raise LabError(f"Service {key} is headless; it has no ClusterIP")
+        return str(svc.cluster_ip), svc.port_by_name(port_name).port
+
+    # --- pods ---------------------------------------------------------------------------------
+
+    def pod(self, name: str) -> PodRecord:
+        if name not in self.pods:
+            raise LabError(f"no pod {name!r}; pods are {sorted(self.pods)}")
+        return self.pods[name]
+
+    def running_pods(self, workload: str, node: str | None = None) -> list[PodInfo]:
+        return [
+            r.info
+            for r in self.pods.values()
+            if r.phase == "Running" and r.info.workload == workload and node in (None, r.info.node)
+        ]
+
+    def kill_pod(self, name: str) -> None:
+        """The pod's process dies now; its endpoint leaves the rules after the detection
+        delay, as when the endpoints controller notices a failed pod."""
+        with self._lock:
+            record = self.pod(name)
+            self.dataplane.kill_pod(record.info)
+            record.phase = "Dead"
+
+        def notice() -> None:
+            with self._lock:
+                record.death_noticed = True
+                published = time.time()
+                self.sync(f"pod {name} died", published)
+                self.dataplane.remove_pod(record.info)
+                self.pods.pop(name, None)
+
+        self._later(self.detection_delay, notice)
+
+    def delete_pod(self, name: str, grace_s: float = 1.0, wait: bool = True) -> None:
+        """Graceful delete: the endpoint turns terminating and leaves the rules first; after
+        `grace_s` the pod stops accepting, finishes open requests, and goes away."""
+        with self._lock:
+            record = self.pod(name)
+            record.phase = "Terminating"
+            self.sync(f"pod {name} terminating")
+
+        def finish() -> None:
+            self.dataplane.stop_pod(record.info)
+            with self._lock:
+                self.dataplane.remove_pod(record.info)
+                self.pods.pop(name, None)
+                self.sync(f"pod {name} deleted")
+
+        if wait:
+            time.sleep(grace_s)
+            finish()
+        else:
+            self._later(grace_s, finish)
+
+    def scale(self, workload: str, replicas: int) -> None:
+        """Add pods round-robin on the least loaded nodes, or delete the newest gracefully."""
+        if workload not in {w.name for w in self.spec.workloads}:
+            raise LabError(f"no workload {workload!r}")
+        current = self.running_pods(workload)
+        if replicas < len(current):
+            for pod in current[replicas:][::-1]:
+                self.delete_pod(pod.name, grace_s=0.2)
+            return
+        with self._lock:
+            for _ in range(replicas - len(current)):
+                pod = self._next_pod(workload)
+                self.dataplane.add_pod(pod)
+                self.pods[pod.name] = PodRecord(pod)
+            self.sync(f"scale {workload} to {replicas}")
+
+    def _next_pod(self, workload: str) -> PodInfo:
+        def load(node: str) -> int:
+            return sum(1 for r in self.pods.values() if r.info.node == node)
+
+        node = min(self.topology.nodes, key=lambda n: (load(n.name), n.index))
+        used = {r.info.ip for r in self.pods.values() if r.info.node == node.name}
+        host = next(
+            h
+            for h in range(2, node.pod_cidr.num_addresses - 1)
+            if node.pod_cidr.network_address + h not in used
+        )
+        names = {r.info.name for r in self.pods.values()}
+        k = next(k for k in range(10_000) if f"{workload}-{node.name}-{k}" not in names)
+        return self.topology.pod_info(workload, node, k, host)
+
+    # --- nodes --------------------------------------------------------------------------------
+
+    def fail_node(self, name: str) -> None:
+        """Unplug the node now; its endpoints turn not-ready after the detection delay."""
+        self.topology.node(name)
+        self.substrate.set_node_link(name, up=False)
+        self.failed_nodes[name] = False
+
+        def notice() -> None:
+            with self._lock:
+                self.failed_nodes[name] = True
+                self.sync(f"node {name} not ready", time.time())
+
+        self._later(self.detection_delay, notice)
+
+    def heal_node(self, name: str) -> None:
+        self.substrate.set_node_link(name, up=True)
+
+        def notice() -> None:
+            with self._lock:
+                self.failed_nodes.pop(name, None)
+                self.sync(f"node {name} ready", time.time())
+
+        self._later(self.detection_delay, notice)
 
     # --- members ------------------------------------------------------------------------------
 
@@ -134,6 +380,9 @@ class Lab:
 
     def dump_rules(self, node: str) -> str:
         return self.dataplane.dump_rules(node)
+
+    def node_addresses(self, node: str) -> set[str]:
+        return self.dataplane.node_addresses(node)
 
     @property
     def ssh_config(self) -> Path:
@@ -152,7 +401,13 @@ class Lab:
             "state_dir": str(self.state_dir),
             "ssh_config": str(self.ssh_config),
             "nodes": [
-                {"name": n.name, "ip": str(n.ip), "pod_cidr": str(n.pod_cidr), "netns": n.netns}
+                {
+                    "name": n.name,
+                    "ip": str(n.ip),
+                    "pod_cidr": str(n.pod_cidr),
+                    "netns": n.netns,
+                    "failed": n.name in self.failed_nodes,
+                }
                 for n in topo.nodes
             ],
             "client": {
@@ -161,15 +416,27 @@ class Lab:
                 "netns": topo.client.netns,
             },
             "pods": [
-                {"name": p.name, "node": p.node, "ip": str(p.ip), "port": p.port, "netns": p.netns}
-                for p in topo.pods
+                {
+                    "name": r.info.name,
+                    "workload": r.info.workload,
+                    "node": r.info.node,
+                    "ip": str(r.info.ip),
+                    "port": r.info.port,
+                    "udp_port": r.info.udp_port,
+                    "netns": r.info.netns,
+                    "phase": r.phase,
+                }
+                for r in self.pods.values()
             ],
             "services": [
                 {
                     "name": s.key,
                     "type": s.type,
-                    "cluster_ip": str(s.cluster_ip),
+                    "cluster_ip": str(s.cluster_ip) if s.cluster_ip else "None",
                     "external_traffic_policy": s.external_traffic_policy,
+                    "internal_traffic_policy": s.internal_traffic_policy,
+                    "session_affinity": s.session_affinity,
+                    "health_check_node_port": s.health_check_node_port,
                     "ports": [
                         {
                             "name": p.name,
@@ -180,31 +447,38 @@ class Lab:
                         }
                         for p in s.ports
                     ],
-                    "endpoints": [e.address for e in st.endpoints],
+                    "endpoints": [
+                        {
+                            "address": e.address,
+                            "node": e.node,
+                            "ready": e.ready,
+                            "terminating": e.terminating,
+                        }
+                        for e in st.endpoints
+                    ],
                 }
                 for st in self.service_states()
                 for s in [st.service]
             ],
         }
 
-    # --- saved state (so `status` in another process sees run-time changes) --------------------
+    # --- saved state (so `kubelab status` in another process sees run-time changes) ------------
 
     @property
-    def _state_file(self) -> Path:
-        return self.state_dir / "state.json"
+    def state_file(self) -> Path:
+        return self.state_dir / "status.json"
 
     def _save_state(self) -> None:
-        saved = {
-            k: {"external_traffic_policy": s.external_traffic_policy}
-            for k, s in self.services.items()
-        }
-        self._state_file.write_text(json.dumps({"services": saved}, indent=1))
+        if self.state_dir.exists():
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.status(), indent=1))
+            os.replace(tmp, self.state_file)
 
-    def _load_saved_services(self) -> None:
+    def saved_status(self) -> dict[str, Any]:
+        """What the process running the lab last saved, or the spec's view if none."""
         try:
-            saved = json.loads(self._state_file.read_text())["services"]
-        except (OSError, ValueError, KeyError):
-            return
-        for key, changes in saved.items():
-            if key in self.services:
-                self.services[key] = self.services[key].with_changes(**changes)
+            saved: dict[str, Any] = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return self.status()
+        saved["up"] = self.exists()
+        return saved

@@ -6,20 +6,23 @@ import ipaddress
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from kubelab.spec import LabSpec, ServiceSpec
-from kubelab.topology import Topology
+from kubelab.spec import NODE_PORT_RANGE, LabSpec, ServiceSpec
 
-Protocol = Literal["TCP"]
+Protocol = Literal["TCP", "UDP"]
 TrafficPolicy = Literal["Cluster", "Local"]
 
 
 @dataclass(frozen=True)
 class Endpoint:
+    """One address of an EndpointSlice, with its conditions."""
+
     ip: ipaddress.IPv4Address
     port: int
     node: str
     pod: str
     ready: bool = True
+    serving: bool = True
+    terminating: bool = False
 
     @property
     def address(self) -> str:
@@ -40,18 +43,40 @@ class Service:
     namespace: str
     name: str
     type: Literal["ClusterIP", "NodePort"]
-    cluster_ip: ipaddress.IPv4Address
+    cluster_ip: ipaddress.IPv4Address | None  # None: headless
     ports: tuple[ServicePort, ...]
     workload: str
     external_traffic_policy: TrafficPolicy = "Cluster"
+    internal_traffic_policy: TrafficPolicy = "Cluster"
+    session_affinity: Literal["None", "ClientIP"] = "None"
+    session_affinity_timeout_s: int = 10800
+    health_check_node_port: int | None = None
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def headless(self) -> bool:
+        return self.cluster_ip is None
+
+    @property
+    def external_local(self) -> bool:
+        return self.type == "NodePort" and self.external_traffic_policy == "Local"
+
+    @property
+    def affinity_seconds(self) -> int | None:
+        return self.session_affinity_timeout_s if self.session_affinity == "ClientIP" else None
+
     def port_name(self, port: ServicePort) -> str:
         """kube-proxy's ServicePortName string: `ns/name:port`, or `ns/name` if unnamed."""
         return f"{self.key}:{port.name}" if port.name else self.key
+
+    def port_by_name(self, name: str | None) -> ServicePort:
+        for p in self.ports:
+            if name in (None, p.name):
+                return p
+        raise KeyError(f"Service {self.key} has no port {name!r}")
 
     def with_changes(self, **changes: object) -> Service:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -65,15 +90,55 @@ class ServiceState:
     endpoints: tuple[Endpoint, ...] = field(default_factory=tuple)
 
     def endpoints_for(self, port: ServicePort) -> tuple[Endpoint, ...]:
-        return tuple(
-            Endpoint(e.ip, port.target_port, e.node, e.pod, e.ready)
-            for e in self.endpoints
-            if e.ready
-        )
+        """Every endpoint of the slice, at the port's target port (ready or not)."""
+        return tuple(replace(e, port=port.target_port) for e in self.endpoints)
 
 
-def service_from_spec(spec: ServiceSpec, index: int, lab: LabSpec) -> Service:
-    cluster_ip = spec.cluster_ip or lab.network.service_cidr.network_address + 10 + index
+@dataclass(frozen=True)
+class Categorized:
+    """kube-proxy's CategorizeEndpoints (pkg/proxy/topology.go), for one node."""
+
+    cluster: tuple[Endpoint, ...]  # used with policy Cluster
+    local: tuple[Endpoint, ...]  # used with policy Local
+    reachable: tuple[Endpoint, ...]  # every endpoint some rule on this node may DNAT to
+    has_any: bool  # the Service has usable endpoints somewhere
+
+
+def _usable(endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """Ready endpoints; if there are none, serving-and-terminating ones (kube-proxy's
+    ProxyTerminatingEndpoints fallback)."""
+    ready = tuple(e for e in endpoints if e.ready)
+    if ready:
+        return ready
+    return tuple(e for e in endpoints if e.serving and e.terminating)
+
+
+def categorize(service: Service, endpoints: tuple[Endpoint, ...], node: str) -> Categorized:
+    """Which endpoints each traffic policy uses on `node` (kube-proxy's CategorizeEndpoints,
+    without topology hints)."""
+    # Cluster endpoints are needed for internal policy Cluster, and for any externally
+    # reachable Service: even under external policy Local, pod and node traffic
+    # short-circuits to them.
+    uses_cluster = service.internal_traffic_policy != "Local" or service.type == "NodePort"
+    uses_local = service.internal_traffic_policy == "Local" or service.external_local
+    cluster = _usable(endpoints) if uses_cluster else ()
+    local = _usable(tuple(e for e in endpoints if e.node == node)) if uses_local else ()
+    chosen = {e.address for e in (*cluster, *local)}
+    reachable = tuple(e for e in endpoints if e.address in chosen)
+    has_any = any(e.ready or (e.serving and e.terminating) for e in endpoints)
+    return Categorized(cluster, local, reachable, has_any)
+
+
+def service_from_spec(spec: ServiceSpec, index: int, lab: LabSpec, taken: set[int]) -> Service:
+    if spec.cluster_ip == "None":
+        cluster_ip = None
+    elif spec.cluster_ip is not None:
+        cluster_ip = spec.cluster_ip
+    else:
+        cluster_ip = lab.network.service_cidr.network_address + 10 + index
+    health = spec.health_check_node_port
+    if health is None and spec.type == "NodePort" and spec.external_traffic_policy == "Local":
+        health = allocate_node_port(taken)
     return Service(
         namespace=spec.namespace,
         name=spec.name,
@@ -84,13 +149,17 @@ def service_from_spec(spec: ServiceSpec, index: int, lab: LabSpec) -> Service:
         ),
         workload=spec.workload,
         external_traffic_policy=spec.external_traffic_policy,
+        internal_traffic_policy=spec.internal_traffic_policy,
+        session_affinity=spec.session_affinity,
+        session_affinity_timeout_s=spec.session_affinity_timeout_s,
+        health_check_node_port=health,
     )
 
 
-def endpoints_of(service: Service, topology: Topology) -> tuple[Endpoint, ...]:
-    """Ready endpoints of a Service: every pod of its workload, in the pods' order."""
-    return tuple(
-        Endpoint(p.ip, p.port, p.node, p.name)
-        for p in topology.pods
-        if p.workload == service.workload
-    )
+def allocate_node_port(taken: set[int]) -> int:
+    """The highest free port of the NodePort range (the API server picks at random)."""
+    for port in range(NODE_PORT_RANGE[1], NODE_PORT_RANGE[0] - 1, -1):
+        if port not in taken:
+            taken.add(port)
+            return port
+    raise ValueError("the NodePort range is exhausted")

@@ -57,3 +57,31 @@ def sep_chain(port_name: str, protocol: str, endpoint: str) -> str:
 def probability(i: int, n: int) -> str:
     """The statistic match of endpoint i (0-based) of n, printed as kube-proxy does."""
     return f"{1.0 / (n - i):0.10f}"
+
+
+# --- nftables mode (pkg/proxy/nftables/proxier.go) ---------------------------------------------
+
+NFT_TABLE = "kube-proxy"
+NFT_MASQUERADE_MARK = "0x004000"  # fmt.Sprintf("%#08x", 1<<14), as kube-proxy prints it
+
+
+def nft_hash_and_truncate(name: str) -> str:
+    """kube-proxy's hashAndTruncate: 8 chars of base32(sha256(name)), "-", then the name."""
+    encoded = base64.b32encode(hashlib.sha256(name.encode()).digest()).decode()
+    out = f"{encoded[:8]}-{name}"
+    limit = 256 - 16  # knftables.NameLengthMax - chainNamePrefixLengthMax
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def nft_service_base(namespace: str, name: str, protocol: str, port_name: str | None) -> str:
+    """ "HASH-namespace/serviceName/protocol/portName", e.g. "ULMVA6XW-ns1/svc1/tcp/p80"."""
+    return nft_hash_and_truncate(f"{namespace}/{name}/{protocol.lower()}/{port_name or ''}")
+
+
+def nft_endpoint_base(
+    namespace: str, name: str, protocol: str, port_name: str | None, ip: str, port: int
+) -> str:
+    """ "HASH-namespace/serviceName/protocol/portName__endpointIP/endpointPort"."""
+    return nft_hash_and_truncate(
+        f"{namespace}/{name}/{protocol.lower()}/{port_name or ''}__{ip}/{port}"
+    )

@@ -44,8 +44,15 @@ class ReferenceDataplane(StrictModel):
     """kubelab's own pod network plus a proxier that writes kube-proxy's rule layout."""
 
     kind: Literal["reference"]
-    proxy_mode: Literal["iptables"] = "iptables"
-    pod_network: Literal["host-gw"] = "host-gw"
+    proxy_mode: Literal["iptables", "nftables", "ipvs"] = "iptables"
+    # IPVS scheduler (kube-proxy's --ipvs-scheduler); only read in ipvs mode
+    scheduler: Literal["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh"] = (
+        "rr"
+    )
+    pod_network: Literal["host-gw", "vxlan"] = "host-gw"
+    # how long after a pod dies or a node fails its endpoints leave the rules, as the
+    # endpoints controller and node lifecycle controller would take to notice
+    endpoint_detection_delay_s: float = Field(1.0, ge=0, le=300)
 
 
 Dataplane = Annotated[ReferenceDataplane, Field(discriminator="kind")]
@@ -124,13 +131,28 @@ class WorkloadSpec(StrictModel):
     """A set of backend pods answering like agnhost netexec."""
 
     name: str = Field(pattern=DNS_LABEL, max_length=12)
-    pods_per_node: int = Field(ge=0)
+    pods_per_node: int | None = Field(None, ge=0)
+    replicas: int | None = Field(None, ge=0)  # spread round-robin over the nodes
     port: int = Field(8080, ge=1, le=65535)
+    udp_port: int = Field(8081, ge=1, le=65535)  # agnhost netexec's --udp-port default
+
+    @model_validator(mode="after")
+    def _one_count(self) -> WorkloadSpec:
+        if (self.pods_per_node is None) == (self.replicas is None):
+            raise ValueError("set exactly one of pods_per_node or replicas")
+        return self
+
+    def count_on(self, node_index: int, node_count: int) -> int:
+        """Pods of this workload on node `node_index` (0-based)."""
+        if self.pods_per_node is not None:
+            return self.pods_per_node
+        assert self.replicas is not None
+        return self.replicas // node_count + (1 if node_index < self.replicas % node_count else 0)
 
 
 class ServicePortSpec(StrictModel):
     name: str | None = Field(None, pattern=DNS_LABEL)
-    protocol: Literal["TCP"] = "TCP"
+    protocol: Literal["TCP", "UDP"] = "TCP"
     port: int = Field(ge=1, le=65535)
     target_port: int = Field(ge=1, le=65535)
     node_port: int | None = None
@@ -149,9 +171,18 @@ class ServiceSpec(StrictModel):
     namespace: str = Field("default", pattern=DNS_LABEL)
     workload: str
     type: Literal["ClusterIP", "NodePort"] = "ClusterIP"
-    cluster_ip: ipaddress.IPv4Address | None = None
+    cluster_ip: ipaddress.IPv4Address | Literal["None"] | None = None  # "None" = headless
     external_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
+    internal_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
+    session_affinity: Literal["None", "ClientIP"] = "None"
+    session_affinity_timeout_s: int = Field(10800, ge=1, le=86400)
+    health_check_node_port: int | None = None  # default: allocated for NodePort + Local
     ports: list[ServicePortSpec] = Field(min_length=1)
+
+    @field_validator("health_check_node_port")
+    @classmethod
+    def _health_port_range(cls, v: int | None) -> int | None:
+        return ServicePortSpec._node_port_range(v)
 
     @model_validator(mode="after")
     def _ports(self) -> ServiceSpec:
@@ -165,6 +196,15 @@ class ServiceSpec(StrictModel):
                 )
             if self.type == "ClusterIP" and p.node_port is not None:
                 raise ValueError("node_port is set but type is ClusterIP; use type: NodePort")
+        if self.cluster_ip == "None" and self.type != "ClusterIP":
+            raise ValueError("a headless Service (cluster_ip: None) must be type ClusterIP")
+        if self.health_check_node_port is not None and not (
+            self.type == "NodePort" and self.external_traffic_policy == "Local"
+        ):
+            raise ValueError(
+                "health_check_node_port needs type NodePort with "
+                "external_traffic_policy Local; remove it"
+            )
         return self
 
 
@@ -202,7 +242,13 @@ class LabSpec(StrictModel):
                 f"too few for {len(self.nodes)} nodes; use a larger pod_cidr"
             )
         per_node = 2 ** (32 - net.node_pod_prefix) - 3  # network, gateway, broadcast
-        pods = sum(w.pods_per_node for w in self.workloads)
+        pods = max(
+            (
+                sum(w.count_on(i, len(self.nodes)) for w in self.workloads)
+                for i in range(len(self.nodes))
+            ),
+            default=0,
+        )
         if pods > per_node:
             raise ValueError(
                 f"{pods} pods per node do not fit a /{net.node_pod_prefix} node slice of "
@@ -226,18 +272,19 @@ class LabSpec(StrictModel):
                     f"Service {key} selects workload {svc.workload!r}, which is not defined; "
                     f"use one of {sorted(workloads) or 'the workloads you add under workloads:'}"
                 )
-            if svc.cluster_ip is not None and svc.cluster_ip not in net.service_cidr:
+            if isinstance(svc.cluster_ip, ipaddress.IPv4Address) and (
+                svc.cluster_ip not in net.service_cidr
+            ):
                 raise ValueError(
                     f"Service {key} cluster_ip {svc.cluster_ip} is outside "
                     f"service_cidr {net.service_cidr}; pick an address inside it"
                 )
-            for p in svc.ports:
-                if p.node_port is not None:
-                    if p.node_port in seen_node_ports:
-                        raise ValueError(
-                            f"node_port {p.node_port} is used twice; give each port its own"
-                        )
-                    seen_node_ports.add(p.node_port)
+            for node_port in [p.node_port for p in svc.ports] + [svc.health_check_node_port]:
+                if node_port is None:
+                    continue
+                if node_port in seen_node_ports:
+                    raise ValueError(f"node_port {node_port} is used twice; give each its own")
+                seen_node_ports.add(node_port)
         return self
 
     @property

@@ -40,6 +40,7 @@ class PodInfo:
     ip: ipaddress.IPv4Address
     port: int
     netns: str
+    udp_port: int = 8081
 
 
 @dataclass(frozen=True)
@@ -94,24 +95,28 @@ class Topology:
 
     @cached_property
     def pods(self) -> tuple[PodInfo, ...]:
+        """The pods the spec asks for at start (the Lab adds and removes pods later)."""
         out = []
-        for node in self.nodes:
+        for i, node in enumerate(self.nodes):
             host = 2  # .1 is the node's bridge
             for wl in self.spec.workloads:
-                for k in range(wl.pods_per_node):
-                    name = f"{wl.name}-{node.name}-{k}"
-                    out.append(
-                        PodInfo(
-                            name=name,
-                            workload=wl.name,
-                            node=node.name,
-                            ip=node.pod_cidr.network_address + host,
-                            port=wl.port,
-                            netns=self.netns_name(name),
-                        )
-                    )
+                for k in range(wl.count_on(i, len(self.nodes))):
+                    out.append(self.pod_info(wl.name, node, k, host))
                     host += 1
         return tuple(out)
+
+    def pod_info(self, workload: str, node: NodeInfo, k: int, host: int) -> PodInfo:
+        wl = next(w for w in self.spec.workloads if w.name == workload)
+        name = f"{wl.name}-{node.name}-{k}"
+        return PodInfo(
+            name=name,
+            workload=wl.name,
+            node=node.name,
+            ip=node.pod_cidr.network_address + host,
+            port=wl.port,
+            netns=self.netns_name(name),
+            udp_port=wl.udp_port,
+        )
 
     def node(self, name: str) -> NodeInfo:
         for n in self.nodes:

@@ -29,6 +29,10 @@ class Substrate(ABC):
         """How to run a command on a member (node, client, pod)."""
 
     @abstractmethod
+    def set_node_link(self, node: str, up: bool) -> None:
+        """Fail (up=False) or heal a node's link to the node network."""
+
+    @abstractmethod
     def exists(self) -> bool:
         """Whether any part of this lab is present."""
 

@@ -102,10 +102,20 @@ class NetnsSubstrate(Substrate):
         return bool(netns_util.list_netns(self.prefix)) or self.state_dir.exists()
 
     def runner(self, member: str) -> Runner:
-        members = self.topology.members()
-        if member not in members:
-            raise LabError(f"no member named {member!r}; members are {sorted(members)}")
-        return NetnsRunner(member, members[member])
+        """Nodes, the client, `fabric`, and every pod that exists now."""
+        ns = self.topology.netns_name(member)
+        if not (netns_util.NETNS_DIR / ns).exists():
+            known = sorted(self.topology.members())
+            raise LabError(
+                f"no member named {member!r} (no namespace {ns}); members include {known}"
+            )
+        return NetnsRunner(member, ns)
+
+    def set_node_link(self, node: str, up: bool) -> None:
+        """Plug or unplug a node from the node network (its port on the fabric bridge)."""
+        with IPRoute(netns=self.topology.fabric_netns) as ipr:
+            port = ipr.link_lookup(ifname=self.topology.node(node).name)[0]
+            ipr.link("set", index=port, state="up" if up else "down")
 
     # --- SSH access ---------------------------------------------------------------------------
 

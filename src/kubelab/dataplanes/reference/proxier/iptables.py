@@ -16,7 +16,7 @@ from typing import ClassVar
 from kubelab import naming as n
 from kubelab.dataplanes.reference.proxier.base import Proxier, ProxierContext
 from kubelab.hosts import Runner
-from kubelab.model import Endpoint, Service, ServicePort, ServiceState
+from kubelab.model import Endpoint, Service, ServicePort, ServiceState, categorize
 
 
 def _comment(text: str) -> str:
@@ -150,7 +150,7 @@ class IptablesProxier(Proxier):
             "-j MASQUERADE --random-fully",
         )
 
-    # --- one service port ---------------------------------------------------------------------
+    # --- one service port (kube-proxy's syncProxyRules loop body) ------------------------------
 
     def _service_port(
         self,
@@ -161,106 +161,138 @@ class IptablesProxier(Proxier):
         endpoints: tuple[Endpoint, ...],
         ctx: ProxierContext,
     ) -> None:
+        if svc.headless:
+            return  # kube-proxy ignores Services without a ClusterIP
         name = svc.port_name(port)
         proto = port.protocol
-        vip = f"-d {svc.cluster_ip}/32 --dport {port.port}"
-        local = tuple(e for e in endpoints if e.node == ctx.node)
-        ext_local = svc.external_traffic_policy == "Local"
+        cat = categorize(svc, endpoints, ctx.node)
+        svc_chain = n.svc_chain(name, proto)
+        svl_chain = n.svl_chain(name, proto)
+        ext_chain = n.ext_chain(name, proto)
+        internal_local = svc.internal_traffic_policy == "Local"
+        external_local = svc.external_traffic_policy == "Local"
 
-        if not endpoints:
-            # kube-proxy rejects in filter: "connection refused" at once, never a timeout
-            flt.add(
+        has_internal = cat.has_any and not (internal_local and not cat.local)
+        has_external = cat.has_any and not (external_local and not cat.local)
+        internal_chain = svl_chain if internal_local else svc_chain
+        external_policy_chain = svl_chain if external_local else svc_chain
+        uses_ext = cat.has_any and port.node_port is not None
+        if not cat.has_any:
+            internal_verdict = external_verdict = "REJECT"
+            why = f"{name} has no endpoints"
+        else:
+            internal_verdict = external_verdict = "DROP"
+            why = f"{name} has no local endpoints"
+
+        vip = f"-d {svc.cluster_ip}/32 --dport {port.port}"
+        if has_internal:
+            nat.add(
                 n.KUBE_SERVICES,
-                _comment(f"{name} has no endpoints"),
+                _comment(f"{name} cluster IP"),
                 _proto(port),
                 vip,
-                "-j REJECT",
+                f"-j {internal_chain}",
             )
-            if port.node_port is not None:
-                flt.add(
-                    n.KUBE_EXTERNAL_SERVICES,
-                    _comment(f"{name} has no endpoints"),
-                    "-m addrtype --dst-type LOCAL",
-                    _proto(port),
-                    f"--dport {port.node_port}",
-                    "-j REJECT",
-                )
-            return
-
-        svc_chain = n.svc_chain(name, proto)
-        nat.chain(svc_chain)
-        nat.add(
-            n.KUBE_SERVICES, _comment(f"{name} cluster IP"), _proto(port), vip, f"-j {svc_chain}"
-        )
-        nat.add(
-            svc_chain,
-            _comment(f"{name} cluster IP"),
-            _proto(port),
-            vip,
-            f"! -s {ctx.cluster_cidr}",
-            f"-j {n.KUBE_MARK_MASQ}",
-        )
-        self._to_endpoints(nat, svc_chain, name, proto, endpoints)
-
-        if port.node_port is None:
-            self._sep_chains(nat, name, proto, endpoints)
-            return
-
-        ext_chain = n.ext_chain(name, proto)
-        nat.chain(ext_chain)
-        nat.add(
-            n.KUBE_NODEPORTS,
-            _comment(name),
-            _proto(port),
-            f"--dport {port.node_port}",
-            f"-j {ext_chain}",
-        )
-        if ext_local:
-            svl_chain = n.svl_chain(name, proto)
-            nat.chain(svl_chain)
-            nat.add(
-                ext_chain,
-                _comment(f"pod traffic for {name} external destinations"),
-                f"-s {ctx.cluster_cidr}",
-                f"-j {svc_chain}",
-            )
-            nat.add(
-                ext_chain,
-                _comment(f"masquerade LOCAL traffic for {name} external destinations"),
-                "-m addrtype --src-type LOCAL",
-                f"-j {n.KUBE_MARK_MASQ}",
-            )
-            nat.add(
-                ext_chain,
-                _comment(f"route LOCAL traffic for {name} external destinations"),
-                "-m addrtype --src-type LOCAL",
-                f"-j {svc_chain}",
-            )
-            nat.add(ext_chain, f"-j {svl_chain}")
-            self._to_endpoints(nat, svl_chain, name, proto, local)
-            if not local:
-                flt.add(
-                    n.KUBE_EXTERNAL_SERVICES,
-                    _comment(f"{name} has no local endpoints"),
-                    "-m addrtype --dst-type LOCAL",
-                    _proto(port),
-                    f"--dport {port.node_port}",
-                    "-j DROP",
-                )
         else:
+            flt.add(n.KUBE_SERVICES, _comment(why), _proto(port), vip, f"-j {internal_verdict}")
+
+        if port.node_port is not None:
+            if uses_ext:
+                nat.add(
+                    n.KUBE_NODEPORTS,
+                    _comment(name),
+                    _proto(port),
+                    f"--dport {port.node_port}",
+                    f"-j {ext_chain}",
+                )
+            if not has_external:
+                flt.add(
+                    n.KUBE_EXTERNAL_SERVICES,
+                    _comment(why),
+                    "-m addrtype --dst-type LOCAL",
+                    _proto(port),
+                    f"--dport {port.node_port}",
+                    f"-j {external_verdict}",
+                )
+        if svc.health_check_node_port is not None and port is svc.ports[0]:
+            flt.add(
+                n.KUBE_NODEPORTS,
+                _comment(f"{name} health check node port"),
+                "-m tcp -p tcp",
+                f"--dport {svc.health_check_node_port}",
+                "-j ACCEPT",
+            )
+
+        # internal traffic: masquerade what comes from outside the pod network
+        if has_internal:
+            nat.chain(internal_chain)
             nat.add(
-                ext_chain,
-                _comment(f"masquerade traffic for {name} external destinations"),
+                internal_chain,
+                _comment(f"{name} cluster IP"),
+                _proto(port),
+                vip,
+                f"! -s {ctx.cluster_cidr}",
                 f"-j {n.KUBE_MARK_MASQ}",
             )
-            nat.add(ext_chain, f"-j {svc_chain}")
-        self._sep_chains(nat, name, proto, endpoints)
+
+        if uses_ext:
+            nat.chain(ext_chain)
+            if not external_local:
+                nat.add(
+                    ext_chain,
+                    _comment(f"masquerade traffic for {name} external destinations"),
+                    f"-j {n.KUBE_MARK_MASQ}",
+                )
+            else:
+                nat.add(
+                    ext_chain,
+                    _comment(f"pod traffic for {name} external destinations"),
+                    f"-s {ctx.cluster_cidr}",
+                    f"-j {svc_chain}",
+                )
+                nat.add(
+                    ext_chain,
+                    _comment(f"masquerade LOCAL traffic for {name} external destinations"),
+                    "-m addrtype --src-type LOCAL",
+                    f"-j {n.KUBE_MARK_MASQ}",
+                )
+                nat.add(
+                    ext_chain,
+                    _comment(f"route LOCAL traffic for {name} external destinations"),
+                    "-m addrtype --src-type LOCAL",
+                    f"-j {svc_chain}",
+                )
+            if has_external:
+                nat.add(ext_chain, f"-j {external_policy_chain}")
+
+        if cat.cluster:
+            nat.chain(svc_chain)
+            self._to_endpoints(nat, svc_chain, name, svc, proto, cat.cluster)
+        if cat.local:
+            nat.chain(svl_chain)
+            self._to_endpoints(nat, svl_chain, name, svc, proto, cat.local)
+        self._sep_chains(nat, name, svc, proto, cat.reachable)
 
     @staticmethod
     def _to_endpoints(
-        nat: _Table, chain: str, name: str, proto: str, endpoints: tuple[Endpoint, ...]
+        nat: _Table,
+        chain: str,
+        name: str,
+        svc: Service,
+        proto: str,
+        endpoints: tuple[Endpoint, ...],
     ) -> None:
-        """Endpoint i of n gets probability 1/(n-i); the last one has no statistic match."""
+        """Affinity checks first; then endpoint i of n gets probability 1/(n-i), and the last
+        one has no statistic match."""
+        if svc.affinity_seconds is not None:
+            for ep in endpoints:
+                sep = n.sep_chain(name, proto, ep.address)
+                nat.add(
+                    chain,
+                    _comment(f"{name} -> {ep.address}"),
+                    f"-m recent --name {sep} --rcheck --seconds {svc.affinity_seconds} --reap",
+                    f"-j {sep}",
+                )
         count = len(endpoints)
         for i, ep in enumerate(endpoints):
             sep = n.sep_chain(name, proto, ep.address)
@@ -272,10 +304,19 @@ class IptablesProxier(Proxier):
             nat.add(chain, _comment(f"{name} -> {ep.address}"), stat, f"-j {sep}")
 
     @staticmethod
-    def _sep_chains(nat: _Table, name: str, proto: str, endpoints: tuple[Endpoint, ...]) -> None:
+    def _sep_chains(
+        nat: _Table, name: str, svc: Service, proto: str, endpoints: tuple[Endpoint, ...]
+    ) -> None:
         p = proto.lower()
         for ep in endpoints:
             sep = n.sep_chain(name, proto, ep.address)
             nat.chain(sep)
             nat.add(sep, _comment(name), f"-s {ep.ip}/32", f"-j {n.KUBE_MARK_MASQ}")
-            nat.add(sep, _comment(name), f"-m {p} -p {p}", f"-j DNAT --to-destination {ep.address}")
+            recent = f"-m recent --name {sep} --set" if svc.affinity_seconds is not None else ""
+            nat.add(
+                sep,
+                _comment(name),
+                recent,
+                f"-m {p} -p {p}",
+                f"-j DNAT --to-destination {ep.address}",
+            )

@@ -1,0 +1,132 @@
+"""The IPVS proxier: kube-proxy's IPVS-mode layout.
+
+Every ClusterIP is an address of the dummy `kube-ipvs0`; every ClusterIP:port and every
+node-IP:NodePort is an IPVS virtual server with the spec's scheduler (ClientIP affinity =
+persistence); the KUBE-* ipsets and a handful of iptables rules do the masquerading, as in
+pkg/proxy/ipvs/proxier.go.
+
+IPVS needs the kernel's ip_vs; `up` refuses this mode where /proc/net/ip_vs is missing.
+The four parts are loaded one after another (addresses, `ipset restore`, `iptables-restore`,
+`ipvsadm -R`); like kube-proxy's IPVS mode the whole is not one atomic transaction.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from kubelab import naming as n
+from kubelab.dataplanes.reference.proxier.base import Proxier, ProxierContext
+from kubelab.hosts import Runner
+from kubelab.model import ServiceState, categorize
+
+DUMMY = "kube-ipvs0"
+SECTIONS = ("addresses", "ipset", "iptables", "ipvsadm")
+IPSETS = {
+    "KUBE-CLUSTER-IP": ("hash:ip,port", "Kubernetes service cluster ip + port for masquerade purpose"),
+    "KUBE-LOOP-BACK": ("hash:ip,port,ip", "Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose"),
+    "KUBE-NODE-PORT-TCP": ("bitmap:port range 0-65535", "Kubernetes nodeport TCP port for masquerade purpose"),
+    "KUBE-NODE-PORT-LOCAL-TCP": ("bitmap:port range 0-65535", "Kubernetes nodeport TCP port with externalTrafficPolicy=local"),
+    "KUBE-NODE-PORT-UDP": ("bitmap:port range 0-65535", "Kubernetes nodeport UDP port for masquerade purpose"),
+    "KUBE-NODE-PORT-LOCAL-UDP": ("bitmap:port range 0-65535", "Kubernetes nodeport UDP port with externalTrafficPolicy=local"),
+}  # fmt: skip
+
+
+class IpvsProxier(Proxier):
+    mode: ClassVar[str] = "ipvs"
+
+    def __init__(self, scheduler: str = "rr", node_ip: dict[str, str] | None = None) -> None:
+        self.scheduler = scheduler
+        self.node_ip = node_ip or {}
+
+    def render(self, services: list[ServiceState], ctx: ProxierContext) -> str:
+        addresses: list[str] = []
+        members: dict[str, list[str]] = {name: [] for name in IPSETS}
+        virtual: list[str] = []
+        node_ip = self.node_ip.get(ctx.node)
+        for state in services:
+            svc = state.service
+            if svc.headless:
+                continue
+            addresses.append(f"{svc.cluster_ip}/32")
+            persist = f" -p {svc.affinity_seconds}" if svc.affinity_seconds else ""
+            for port in svc.ports:
+                flag = "-t" if port.protocol == "TCP" else "-u"
+                proto = port.protocol.lower()
+                cat = categorize(svc, state.endpoints_for(port), ctx.node)
+                internal = cat.local if svc.internal_traffic_policy == "Local" else cat.cluster
+                members["KUBE-CLUSTER-IP"].append(f"{svc.cluster_ip},{proto}:{port.port}")
+                for ep in cat.reachable:
+                    members["KUBE-LOOP-BACK"].append(f"{ep.ip},{proto}:{ep.port},{ep.ip}")
+                vs = f"{svc.cluster_ip}:{port.port}"
+                virtual.append(f"-A {flag} {vs} -s {self.scheduler}{persist}")
+                virtual += [f"-a {flag} {vs} -r {ep.address} -m -w 1" for ep in internal]
+                if port.node_port is None or node_ip is None:
+                    continue
+                members[f"KUBE-NODE-PORT-{port.protocol}"].append(str(port.node_port))
+                external = cat.cluster
+                if svc.external_traffic_policy == "Local":
+                    members[f"KUBE-NODE-PORT-LOCAL-{port.protocol}"].append(str(port.node_port))
+                    external = cat.local
+                vs = f"{node_ip}:{port.node_port}"
+                virtual.append(f"-A {flag} {vs} -s {self.scheduler}{persist}")
+                virtual += [f"-a {flag} {vs} -r {ep.address} -m -w 1" for ep in external]
+
+        ipset = []
+        for name, (kind, comment) in IPSETS.items():
+            ipset.append(f"create {name} {kind} comment -exist")
+            ipset.append(f"flush {name}")
+            ipset += [f'add {name} {m} comment "{comment}"' for m in members[name]]
+        cidr = ctx.cluster_cidr
+        mark = n.MASQUERADE_MARK
+        iptables = [
+            "*nat",
+            ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+            ":POSTROUTING ACCEPT [0:0]",
+            ":KUBE-SERVICES - [0:0]", ":KUBE-POSTROUTING - [0:0]", ":KUBE-NODE-PORT - [0:0]",
+            ":KUBE-LOAD-BALANCER - [0:0]", ":KUBE-MARK-MASQ - [0:0]",
+            '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+            '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+            '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING',
+            "-A KUBE-LOAD-BALANCER -j KUBE-MARK-MASQ",
+            f"-A KUBE-MARK-MASQ -j MARK --or-mark {mark}",
+            '-A KUBE-NODE-PORT -p tcp -m comment --comment "Kubernetes nodeport TCP port with externalTrafficPolicy=local" -m set --match-set KUBE-NODE-PORT-LOCAL-TCP dst -j RETURN',
+            '-A KUBE-NODE-PORT -p tcp -m comment --comment "Kubernetes nodeport TCP port for masquerade purpose" -m set --match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ',
+            '-A KUBE-NODE-PORT -p udp -m comment --comment "Kubernetes nodeport UDP port with externalTrafficPolicy=local" -m set --match-set KUBE-NODE-PORT-LOCAL-UDP dst -j RETURN',
+            '-A KUBE-NODE-PORT -p udp -m comment --comment "Kubernetes nodeport UDP port for masquerade purpose" -m set --match-set KUBE-NODE-PORT-UDP dst -j KUBE-MARK-MASQ',
+            '-A KUBE-POSTROUTING -m comment --comment "Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose" -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE',
+            f"-A KUBE-POSTROUTING -m mark ! --mark {mark}/{mark} -j RETURN",
+            f"-A KUBE-POSTROUTING -j MARK --xor-mark {mark}",
+            '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully',
+            f'-A KUBE-SERVICES ! -s {cidr} -m comment --comment "Kubernetes service cluster ip + port for masquerade purpose" -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ',
+            "-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT",
+            "-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT",
+            "COMMIT",
+        ]  # fmt: skip
+        parts = {"addresses": addresses, "ipset": ipset, "iptables": iptables, "ipvsadm": virtual}
+        return "".join(
+            f"# {name}\n" + "".join(f"{line}\n" for line in parts[name]) for name in SECTIONS
+        )
+
+    @staticmethod
+    def sections(text: str) -> dict[str, str]:
+        out: dict[str, list[str]] = {}
+        current = ""
+        for line in text.splitlines():
+            if line.startswith("# ") and line[2:] in SECTIONS:
+                current = line[2:]
+                out[current] = []
+            else:
+                out[current].append(line)
+        return {k: "\n".join(v) + "\n" for k, v in out.items()}
+
+    def apply(self, runner: Runner, text: str) -> None:
+        part = self.sections(text)
+        if runner.run(["ip", "link", "show", DUMMY], check=False).rc != 0:
+            runner.run(["ip", "link", "add", DUMMY, "type", "dummy"])
+        runner.run(["ip", "addr", "flush", "dev", DUMMY])
+        for cidr in part["addresses"].split():
+            runner.run(["ip", "addr", "add", cidr, "dev", DUMMY])
+        runner.run(["ipset", "restore", "-exist"], input=part["ipset"])
+        runner.run(["iptables-restore"], input=part["iptables"])
+        runner.run(["ipvsadm", "-C"])
+        runner.run(["ipvsadm", "-R"], input=part["ipvsadm"])
