@@ -68,7 +68,12 @@ def test_up_status_exec_down(spec_file: Path) -> None:
     assert json.loads(kubelab("status", str(spec_file), "--json").stdout)["up"] is False
 
 
-def test_run_end_to_end_writes_the_report(spec_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("lab_file", ["local.yaml", "local-nftables.yaml", "local-vxlan.yaml"])
+def test_run_end_to_end_writes_the_report(tmp_path: Path, lab_file: str) -> None:
+    data = yaml.safe_load((ROOT / "labs" / lab_file).read_text())
+    data["name"] = "kltest"
+    spec_file = tmp_path / "kltest.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
     reports = tmp_path / "reports"
     started = time.monotonic()
     proc = kubelab(
@@ -85,7 +90,9 @@ def test_run_end_to_end_writes_the_report(spec_file: Path, tmp_path: Path) -> No
     verdicts = results[results["metric"] == "verdict"]
     assert sorted(verdicts["case"]) == ["cluster_policy_snats", "local_policy_keeps_client_ip"]
     assert set(verdicts["verdict"]) == {"pass"}
-    assert set(results["lab"]) == {"kltest"} and set(results["proxy_mode"]) == {"iptables"}
+    mode = data["dataplane"]["proxy_mode"]
+    assert set(results["lab"]) == {"kltest"} and set(results["proxy_mode"]) == {mode}
+    assert set(results["cni_mode"]) == {data["dataplane"]["pod_network"]}
     samples = pd.read_parquet(run_dir / "samples.parquet")
     assert len(samples) == 600 and samples["ok"].all()
     provenance = json.loads((run_dir / "provenance.json").read_text())
@@ -95,6 +102,15 @@ def test_run_end_to_end_writes_the_report(spec_file: Path, tmp_path: Path) -> No
     assert "2/2 cases passed" in html and "<svg" in html
     assert leftovers("kltest") == []
     print(f"kubelab run took {elapsed:.1f}s")  # shown with -s; a benchmark, not an assertion
+
+
+@pytest.mark.skipif(Path("/proc/net/ip_vs").exists(), reason="this kernel has ip_vs")
+def test_ipvs_lab_without_ip_vs_stops_before_building(tmp_path: Path) -> None:
+    proc = kubelab("up", str(ROOT / "labs" / "local-ipvs.yaml"))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "proxy_mode ipvs needs the kernel's ip_vs" in lines[0]
+    assert leftovers("localipvs") == []
 
 
 @pytest.mark.parametrize("delay", [0.4, 1.2, 2.5, 4.0])

@@ -104,6 +104,7 @@ class Lab:
             self.services[svc.key] = svc
         self.pods: dict[str, PodRecord] = {p.name: PodRecord(p) for p in self.topology.pods}
         self.failed_nodes: dict[str, bool] = {}  # node -> failure noticed
+        self._last_host: dict[str, int] = {}  # node -> last pod address offset handed out
         self.programming: list[ProgrammingEvent] = []
         self._lock = threading.RLock()
         self._timers: list[threading.Thread] = []
@@ -213,22 +214,29 @@ class Lab:
     # --- Services -----------------------------------------------------------------------------
 
     def create_service(self, spec: ServiceSpec) -> ProgrammingEvent:
+        return self.create_services([spec])
+
+    def create_services(self, specs: Sequence[ServiceSpec]) -> ProgrammingEvent:
+        """Create Services and program them in one sync (as one kube-proxy sync would)."""
         with self._lock:
-            index = len(self.services)
-            svc = service_from_spec(spec, index, self.spec, self._taken_ports)
-            while any(
-                s.cluster_ip == svc.cluster_ip
-                for s in self.services.values()
-                if svc.cluster_ip is not None
-            ):
-                index += 1
-                svc = svc.with_changes(
-                    cluster_ip=self.spec.network.service_cidr.network_address + 10 + index
-                )
-            if svc.key in self.services:
-                raise LabError(f"Service {svc.key} exists; delete it or pick another name")
-            self.services[svc.key] = svc
-            return self.sync(f"create Service {svc.key}")
+            for spec in specs:
+                svc = service_from_spec(spec, 0, self.spec, self._taken_ports)
+                if svc.key in self.services:
+                    raise LabError(f"Service {svc.key} exists; delete it or pick another name")
+                if spec.cluster_ip is None:
+                    svc = svc.with_changes(cluster_ip=self._free_cluster_ip())
+                self.services[svc.key] = svc
+            names = ", ".join(f"{s.namespace}/{s.name}" for s in specs[:3])
+            more = f" (+{len(specs) - 3} more)" if len(specs) > 3 else ""
+            return self.sync(f"create Service {names}{more}")
+
+    def _free_cluster_ip(self) -> Any:
+        used = {s.cluster_ip for s in self.services.values()}
+        net = self.spec.network.service_cidr
+        for offset in range(10, net.num_addresses - 1):
+            if net.network_address + offset not in used:
+                return net.network_address + offset
+        raise LabError(f"service_cidr {net} is full")
 
     def update_service(self, key: str, **changes: Any) -> float:
         """Change a Service (e.g. external_traffic_policy="Local") and re-sync every node.
@@ -244,10 +252,15 @@ class Lab:
             return self.sync(f"update Service {key}: {changes}").seconds
 
     def delete_service(self, key: str) -> ProgrammingEvent:
+        return self.delete_services([key])
+
+    def delete_services(self, keys: Sequence[str]) -> ProgrammingEvent:
         with self._lock:
-            self.service(key)
-            del self.services[key]
-            return self.sync(f"delete Service {key}")
+            for key in keys:
+                self.service(key)
+                del self.services[key]
+            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+            return self.sync(f"delete Service {', '.join(keys[:3])}{more}")
 
     def nodeport_target(self, key: str, node: str, port_name: str | None = None) -> tuple[str, int]:
         port = self.service(key).port_by_name(port_name)

@@ -93,10 +93,10 @@ class ReferenceDataplane(Dataplane):
             if svc.headless:
                 continue
             new = now.get(svc.key)
-            still = {e.address for e in new.endpoints if e.ready} if new else set()
+            still = {e.ip for e in new.endpoints if e.ready} if new else set()
             for port in (p for p in svc.ports if p.protocol == "UDP"):
                 for ep in old.endpoints_for(port):
-                    if not ep.ready or f"{ep.ip}:{port.target_port}" in still:
+                    if not ep.ready or ep.ip in still:
                         continue
                     self._conntrack_delete(
                         ["--orig-dst", str(svc.cluster_ip), "-p", "udp", "--dst-nat", str(ep.ip)]
@@ -134,7 +134,7 @@ class ReferenceDataplane(Dataplane):
         self.servers.call(self.topology.node(pod.node), op="stop", name=pod.name)
 
     def remove_pod(self, pod: PodInfo) -> None:
-        network.remove_pod(pod)
+        network.remove_pod(pod, self.topology.node(pod.node))
 
     # --- inspection ---------------------------------------------------------------------------
 

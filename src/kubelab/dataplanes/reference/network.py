@@ -53,7 +53,17 @@ def build_node_bridge(node: NodeInfo, mode: str) -> None:
         ipr.link("set", index=idx, state="up")
 
 
+def forget_neighbour(pod: PodInfo, node: NodeInfo) -> None:
+    """Drop the node's ARP entry for the pod's IP. A new pod may get an address a deleted pod
+    had; a cached entry would keep sending to the old MAC for up to ~45 s."""
+    with IPRoute(netns=node.netns) as ipr:
+        bridge = ipr.link_lookup(ifname=POD_BRIDGE)[0]
+        for entry in ipr.get_neighbours(dst=str(pod.ip), ifindex=bridge):
+            ipr.neigh("del", dst=str(pod.ip), ifindex=bridge, lladdr=entry.get_attr("NDA_LLADDR"))
+
+
 def build_pod(pod: PodInfo, node: NodeInfo, mode: str) -> None:
+    forget_neighbour(pod, node)
     netns_util.create_netns(pod.netns)
     veth = host_veth_name(pod)
     mtu = pod_mtu(mode)
@@ -77,9 +87,10 @@ def build_pod(pod: PodInfo, node: NodeInfo, mode: str) -> None:
         ipr.route("add", dst="0.0.0.0/0", gateway=str(node.pod_gateway))
 
 
-def remove_pod(pod: PodInfo) -> None:
+def remove_pod(pod: PodInfo, node: NodeInfo) -> None:
     """Deleting the namespace deletes its veth, whose peer leaves the bridge with it."""
     netns_util.remove_netns(pod.netns)
+    forget_neighbour(pod, node)
 
 
 def add_host_gw_routes(topology: Topology) -> None:
