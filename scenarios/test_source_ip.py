@@ -4,20 +4,20 @@ each sees the client's real IP.
 
 Mirrors upstream e2e (test/e2e/network/loadbalancer.go, "should preserve source IP ...").
 Each probe is one new TCP connection from the external client to node 1's NodePort.
-The rules are read on every node through testinfra (the same way on VMs) and checked in a
-mode-independent view: which endpoints the Service's chain reaches, with which shares,
-and whether external traffic is masqueraded.
+The rules are dumped on every node through testinfra (the same way on VMs), read by the
+rule auditor in any proxy mode, and compared with the table the Services and endpoints
+call for; the claim's own part (masquerade or not, local endpoints only) is checked on top.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from kubelab.lab import Lab
 from kubelab.pytest_plugin import CaseRecord, Traffic
-from kubelab.rules.views import ServicePortView, view_iptables, view_nftables
+from kubelab.rules.audit import audit
+from kubelab.rules.expected import diff_tables, expected_table
+from kubelab.rules.table import ForwardingTable, Frontend
 
 SERVICE = "default/echo"
 PROBES = 300  # 6 pods: P(some pod never answers | uniform) = 6 * (5/6)^300 < 1e-22
@@ -42,40 +42,32 @@ def _probe_nodeport(lab: Lab, traffic: Traffic, record: CaseRecord) -> tuple[Any
     return frame[frame["ok"]], target.name
 
 
-def _views(lab: Lab, hosts: dict[str, Any]) -> dict[str, ServicePortView]:
-    """Each node's view of the Service's first port, read through testinfra."""
-    svc = lab.service(SERVICE)
-    port = svc.ports[0]
+DUMP_COMMANDS = {
+    "iptables": "iptables-save",
+    "nftables": "nft -j list ruleset",
+    "ipvs": "ipvsadm -S -n",
+}
+
+
+def _audit_nodes(lab: Lab, hosts: dict[str, Any], record: CaseRecord) -> dict[str, ForwardingTable]:
+    """Dump every node's rules through testinfra, read them with the rule auditor, and
+    expect exactly the table the Services and endpoints call for."""
     mode = lab.dataplane.proxy_mode
-    out = {}
+    objects = lab.objects()
+    tables = {}
     for node, host in hosts.items():
-        if mode == "iptables":
-            out[node] = view_iptables(
-                host.check_output("iptables-save -t nat"), svc.port_name(port), port.protocol
-            )
-        elif mode == "nftables":
-            out[node] = view_nftables(
-                host.check_output("nft -j list ruleset"), svc.namespace, svc.name,
-                port.protocol, port.name,
-            )  # fmt: skip
-        else:
-            pytest.skip(f"rule view for proxy mode {mode} is not written yet")
-    return out
+        table = audit(host.check_output(DUMP_COMMANDS[mode]), f"{node} rules")
+        for difference in diff_tables(expected_table(objects, node, mode), table):
+            record.expect(False, f"{node}: {difference}")
+        for warning in table.warnings:
+            record.expect(False, f"{node}: {warning}")
+        tables[node] = table
+    return tables
 
 
-def _check_cluster_chain(views: dict[str, ServicePortView], lab: Lab, record: CaseRecord) -> None:
-    """On every node: every endpoint once, in order, each with an equal share."""
-    endpoints = [e.address for e in lab.service_state(SERVICE).endpoints if e.ready]
-    n = len(endpoints)
-    for node, view in views.items():
-        record.expect(
-            list(view.cluster) == endpoints,
-            f"{node}: the Service's cluster chain sends to {len(view.cluster)} endpoints, "
-            f"expected {n}" + (f" (missing {sorted(set(endpoints) - set(view.cluster))})"
-                               if set(endpoints) - set(view.cluster) else ""),
-        )  # fmt: skip
-        uneven = [w for w in view.cluster_weights if abs(w - 1 / n) > 1e-6]
-        record.expect(not uneven, f"{node}: endpoint shares are not 1/{n}: {view.probabilities}")
+def _nodeport(table: ForwardingTable, lab: Lab) -> Frontend | None:
+    port = lab.service(SERVICE).ports[0]
+    return table.find("nodeport", None, port.protocol.lower(), port.node_port or 0)
 
 
 def test_cluster_policy_snats(
@@ -102,12 +94,11 @@ def test_cluster_policy_snats(
     record.expect(
         seen <= node_side, f"pods saw addresses {sorted(seen - node_side)}, not {target}'s"
     )
-    views = _views(lab, hosts)
-    _check_cluster_chain(views, lab, record)
-    for node, view in views.items():
+    for node, table in _audit_nodes(lab, hosts, record).items():
+        front = _nodeport(table, lab)
         record.expect(
-            view.external_masquerades_all,
-            f"{node}: external traffic is not marked for masquerade under Cluster policy",
+            front is not None and bool(front.masquerade_all),
+            f"{node}: the NodePort does not mark external traffic for masquerade",
         )
     record.verdict()
 
@@ -133,17 +124,11 @@ def test_local_policy_keeps_client_ip(
         f"pods saw {sorted(seen - {client_ip})} instead of the client's IP {client_ip}: "
         "traffic was SNATed",
     )
-    views = _views(lab, hosts)
-    _check_cluster_chain(views, lab, record)
-    for node, view in views.items():
+    for node, table in _audit_nodes(lab, hosts, record).items():
+        front = _nodeport(table, lab)
         local = sorted(f"{p.ip}:{p.port}" for p in lab.running_pods("echo", node))
         record.expect(
-            sorted(view.local) == local,
-            f"{node}: the Service's local chain sends to {sorted(view.local)}, expected its "
-            f"own endpoints {local}",
-        )
-        record.expect(
-            not view.external_masquerades_all,
-            f"{node}: external traffic is masqueraded under Local policy",
+            front is not None and front.local_only and sorted(front.endpoints) == local,
+            f"{node}: the NodePort should reach only this node's endpoints {local}",
         )
     record.verdict()

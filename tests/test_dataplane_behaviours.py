@@ -18,6 +18,8 @@ import pytest
 from conftest import local_spec_data
 from helpers import bodies, http_get, udp_ask
 from kubelab.lab import Lab
+from kubelab.rules.audit import audit
+from kubelab.rules.expected import diff_tables, expected_table
 from kubelab.spec import ServiceSpec, parse_spec
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -147,6 +149,28 @@ def a_pod_on(lab: Lab, node: str) -> str:
     return next(
         r.info.name for r in lab.pods.values() if r.info.node == node and r.phase == "Running"
     )
+
+
+def audit_nodes(lab: Lab) -> None:
+    """Every node's rules, read by the auditor in each format the mode has, equal exactly
+    the table the Services and endpoints call for."""
+    mode = lab.dataplane.proxy_mode
+    objects = lab.objects()
+    for node in lab.topology.nodes:
+        table = audit(lab.dump_rules(node.name), node.name)
+        assert diff_tables(expected_table(objects, node.name, mode), table) == [], node.name
+        assert table.warnings == [], node.name
+        if mode == "nftables":
+            as_json = audit(lab.exec(node.name, ["nft", "-j", "list", "ruleset"]).stdout)
+            assert as_json.to_json() == table.to_json()
+        if mode == "iptables":
+            dash_s = lab.exec(node.name, ["iptables", "-S"]).stdout
+            dash_s += lab.exec(node.name, ["iptables", "-t", "nat", "-S"]).stdout
+            assert audit(dash_s).to_json() == table.to_json()
+
+
+def test_the_auditor_reads_every_nodes_rules_as_expected(lab: Lab) -> None:
+    audit_nodes(lab)
 
 
 def test_clusterip_from_a_pod_and_a_node_on_every_node_reaches_every_endpoint(lab: Lab) -> None:
@@ -378,6 +402,11 @@ def test_node_failure_and_heal(lab: Lab) -> None:
     lab.settle()
     names = bodies(http_get(lab, "client", f"http://{host}:{port}/hostname", count=150))
     assert on_node4 <= set(names)
+
+
+def test_after_all_the_churn_the_rules_are_still_exactly_as_expected(lab: Lab) -> None:
+    lab.settle()
+    audit_nodes(lab)
 
 
 def test_every_change_recorded_its_programming_latency(lab: Lab) -> None:

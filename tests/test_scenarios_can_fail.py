@@ -98,7 +98,7 @@ def test_a_local_service_that_masquerades_fails_the_local_case(lab: Lab, tmp_pat
     detail = verdicts.loc["local_policy_keeps_client_ip", "detail"]
     assert verdicts.loc["local_policy_keeps_client_ip", "verdict"] == "fail"
     assert "instead of the client's IP" in detail and "traffic was SNATed" in detail
-    assert "external traffic is masqueraded under Local policy" in detail
+    assert "external traffic is masqueraded under policy Local" in detail
 
 
 def test_an_endpoint_missing_from_the_rules_fails(lab: Lab, tmp_path: Path) -> None:
@@ -106,4 +106,4 @@ def test_an_endpoint_missing_from_the_rules_fails(lab: Lab, tmp_path: Path) -> N
     detail = verdicts.loc["cluster_policy_snats", "detail"]
     assert verdicts.loc["cluster_policy_snats", "verdict"] == "fail"
     assert "pods that never answered: ['echo-node2-1']" in detail
-    assert "cluster chain sends to 5 endpoints, expected 6 (missing ['10.244.2.3:8080'])" in detail
+    assert "(default/echo:http): missing endpoint 10.244.2.3:8080" in detail

@@ -111,6 +111,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     return outcome.exit_code
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from kubelab.rules.audit import AuditInputError, audit
+    from kubelab.rules.expected import ObjectsError, diff_tables, expected_table
+    from kubelab.rules.table import render_text
+
+    path = Path(args.dump)
+    if not path.is_file():
+        raise SpecError(
+            f"{path}: no such dump file; pass a file of iptables-save, nft or ipvsadm output"
+        )
+    try:
+        table = audit(path.read_text(errors="replace"), str(path), args.pod_cidr)
+    except AuditInputError as exc:
+        raise SpecError(str(exc)) from None
+    if args.format == "json":
+        print(json.dumps(table.to_json(), indent=2))
+    else:
+        print(render_text(table), end="")
+    if not args.expect:
+        return 0
+    if not args.node:
+        raise SpecError("--expect needs --node NAME: the node whose rules the dump holds")
+    try:
+        doc = json.loads(Path(args.expect).read_text())
+        want = expected_table(doc, args.node, table.mode)
+    except (OSError, ValueError, ObjectsError) as exc:
+        raise SpecError(f"{args.expect}: {exc}") from None
+    differences = diff_tables(want, table)
+    for line in differences:
+        print(f"DIFF {line}")
+    print(f"{len(differences)} differences against {args.expect} for node {args.node}")
+    return 1 if differences else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from kubelab.report.html import render
 
@@ -147,6 +181,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", default="reports", help="where run folders go")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after --")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser(
+        "audit",
+        help="read a kube-proxy dump into a forwarding table",
+        description="Read iptables-save / iptables -S, nft list ruleset (text or "
+        "-j) or ipvsadm -Ln / -S -n output into one forwarding table; optionally "
+        "diff it against Services and EndpointSlices.",
+    )
+    p.add_argument("dump", help="file holding the dump")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument(
+        "--expect",
+        metavar="OBJECTS.json",
+        help="kubectl get svc,endpointslices -A -o json output to diff against",
+    )
+    p.add_argument("--node", help="with --expect: the node the dump was taken on")
+    p.add_argument(
+        "--pod-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="warn about DNAT targets outside these ranges (repeatable)",
+    )
+    p.set_defaults(func=cmd_audit)
     p = sub.add_parser("report", help="render report.html of a run folder again")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)

@@ -475,6 +475,88 @@ class Lab:
             ],
         }
 
+    def objects(self) -> dict[str, Any]:
+        """Services and EndpointSlices as `kubectl get svc,endpointslices -A -o json` prints
+        them, so the rule auditor computes the expected table the same way for labs and
+        for real clusters."""
+        items: list[dict[str, Any]] = []
+        for state in self.service_states():
+            svc = state.service
+            spec: dict[str, Any] = {
+                "type": svc.type,
+                "clusterIP": str(svc.cluster_ip) if svc.cluster_ip else "None",
+                "ports": [
+                    {
+                        k: v
+                        for k, v in {
+                            "name": p.name,
+                            "protocol": p.protocol,
+                            "port": p.port,
+                            "targetPort": p.target_port,
+                            "nodePort": p.node_port,
+                        }.items()
+                        if v is not None
+                    }
+                    for p in svc.ports
+                ],
+                "sessionAffinity": svc.session_affinity,
+                "internalTrafficPolicy": svc.internal_traffic_policy,
+            }
+            if svc.session_affinity == "ClientIP":
+                spec["sessionAffinityConfig"] = {
+                    "clientIP": {"timeoutSeconds": svc.session_affinity_timeout_s}
+                }
+            if svc.type == "NodePort":
+                spec["externalTrafficPolicy"] = svc.external_traffic_policy
+            if svc.health_check_node_port:
+                spec["healthCheckNodePort"] = svc.health_check_node_port
+            items.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": {"namespace": svc.namespace, "name": svc.name},
+                    "spec": spec,
+                }
+            )
+            items.append(
+                {
+                    "apiVersion": "discovery.k8s.io/v1",
+                    "kind": "EndpointSlice",
+                    "metadata": {
+                        "namespace": svc.namespace,
+                        "name": f"{svc.name}-lab",
+                        "labels": {"kubernetes.io/service-name": svc.name},
+                    },
+                    "addressType": "IPv4",
+                    "ports": [
+                        {
+                            k: v
+                            for k, v in {
+                                "name": p.name,
+                                "protocol": p.protocol,
+                                "port": p.target_port,
+                            }.items()
+                            if v is not None
+                        }
+                        for p in svc.ports
+                    ],
+                    "endpoints": [
+                        {
+                            "addresses": [str(e.ip)],
+                            "nodeName": e.node,
+                            "targetRef": {"kind": "Pod", "name": e.pod},
+                            "conditions": {
+                                "ready": e.ready,
+                                "serving": e.serving,
+                                "terminating": e.terminating,
+                            },
+                        }
+                        for e in state.endpoints
+                    ],
+                }
+            )
+        return {"apiVersion": "v1", "kind": "List", "items": items}
+
     # --- saved state (so `kubelab status` in another process sees run-time changes) ------------
 
     @property

@@ -43,6 +43,8 @@ def run_scenarios(
                 f"--junitxml={writer.run_dir / 'junit.xml'}",
                 "-p",
                 "no:cacheprovider",
+                "-p",
+                "no:locust",  # Locust's own pytest plugin: not used here
                 f"--rootdir={top.parent}",
                 "-q",
                 # kubelab is imported before pytest starts, so it cannot be assert-rewritten

@@ -1,0 +1,337 @@
+"""The rule auditor on real dumps: each is read into the whole expected table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import DATA, ROOT
+from kubelab.rules.audit import AuditInputError, audit, detect
+from kubelab.rules.expected import diff_tables, expected_table
+from kubelab.rules.table import ForwardingTable
+
+DUMPS = DATA / "dumps"
+FIELDS = (
+    "kind",
+    "vip",
+    "port",
+    "protocol",
+    "service",
+    "endpoints",
+    "probabilities",
+    "affinity_seconds",
+    "masquerade_offcluster",
+    "local_only",
+    "no_endpoints",
+)
+
+
+def rows(table: ForwardingTable) -> list[dict[str, Any]]:
+    return [{k: f[k] for k in FIELDS} for f in table.to_json()["frontends"]]
+
+
+def fe(kind: str, vip: str | None, port: int, protocol: str = "tcp", **more: Any) -> dict:
+    base = {
+        "kind": kind,
+        "vip": vip,
+        "port": port,
+        "protocol": protocol,
+        "service": None,
+        "endpoints": [],
+        "probabilities": [],
+        "affinity_seconds": None,
+        "masquerade_offcluster": False,
+        "local_only": False,
+        "no_endpoints": None,
+    }
+    return base | more
+
+
+def test_docs_hostnames_old_layout() -> None:
+    table = audit((DUMPS / "k8s-1.3-docs-hostnames.iptables-save").read_text())
+    assert table.mode == "iptables"
+    assert rows(table) == [
+        fe(
+            "clusterip",
+            "10.0.1.175",
+            80,
+            service="default/hostnames",
+            endpoints=["10.244.1.7:9376", "10.244.2.3:9376", "10.244.3.6:9376"],
+            probabilities=["0.33332999982", "0.50000000000"],
+        )
+    ]
+    weights = table.frontends[0].weights
+    assert max(abs(w - 1 / 3) for w in weights) < 1e-4
+    assert table.warnings == []
+
+
+def test_pre_1_20_affinity_and_masquerade_in_kube_services() -> None:
+    table = audit((DUMPS / "k8s-1.6-affinity-and-masq.iptables-save").read_text())
+    assert rows(table) == [
+        fe(
+            "clusterip",
+            "10.96.0.1",
+            443,
+            service="default/kubernetes:https",
+            endpoints=["?"],
+            affinity_seconds=10800,
+            masquerade_offcluster=True,
+        ),
+        fe(
+            "clusterip",
+            "10.96.0.10",
+            53,
+            "udp",
+            service="kube-system/kube-dns:dns",
+            masquerade_offcluster=True,
+        ),
+    ]
+    assert any("KUBE-SEP-6FZLAPUAJM6OKK6A has no DNAT rule" in w for w in table.warnings)
+    assert any("KUBE-SVC-TCOU7JCQXEZGVUNU jumps to no endpoint" in w for w in table.warnings)
+    # Docker's and libvirt's rules in the same dump are not Services and not errors
+    assert not any("DOCKER" in w or "192.168.122" in w for w in table.warnings)
+
+
+def test_truncated_dump_names_the_undefined_chains() -> None:
+    table = audit((DUMPS / "k8s-1.3-consul-truncated.iptables-save").read_text())
+    assert table.frontends == []
+    assert (
+        "KUBE-SVC-O4A6SDCC2OYMU5YR (kube-system/consul:server) jumps to 5 endpoint chains "
+        "the dump never defines: KUBE-SEP-3SHLK4N34HNOKFTO, KUBE-SEP-NHOET3OEZGPXAKZV, "
+        "KUBE-SEP-PES3RDOZWFBBLSDU, KUBE-SEP-VBDE5YQFTFIUFE64, KUBE-SEP-ZDAXYFTWTZWWTZJQ"
+    ) in table.warnings
+
+
+def test_1_26_local_nodeport_without_local_endpoints() -> None:
+    table = audit((DUMPS / "k8s-1.26-kind-local-nodeport.iptables-save").read_text())
+    assert rows(table) == [
+        fe("nodeport", None, 31964, service="default/nodeport-service", local_only=True)
+    ]
+
+
+def test_lab_iptables_dump_1_31_layout() -> None:
+    table = audit((DATA / "lab-node2-local.iptables-save").read_text())
+    eps = [f"10.244.{n}.{h}:8080" for n in (1, 2, 3) for h in (2, 3)]
+    assert rows(table) == [
+        fe(
+            "clusterip",
+            "10.96.0.10",
+            80,
+            service="default/echo:http",
+            endpoints=eps,
+            probabilities=[
+                "0.16666666651",
+                "0.20000000019",
+                "0.25000000000",
+                "0.33333333349",
+                "0.50000000000",
+            ],
+            masquerade_offcluster=True,
+        ),
+        fe(
+            "nodeport",
+            None,
+            30080,
+            service="default/echo:http",
+            endpoints=["10.244.2.2:8080", "10.244.2.3:8080"],
+            probabilities=["0.50000000000"],
+            local_only=True,
+        ),
+    ]
+
+
+@pytest.mark.parametrize("name", ["lab-nftables.nft.json", "lab-nftables.nft.txt"])
+def test_lab_nftables_dump_text_and_json_read_the_same(name: str) -> None:
+    table = audit((DATA / name).read_text())
+    assert detect((DATA / name).read_text()) in ("nftables-json", "nftables-text")
+    three = ["10.244.1.2:8080", "10.244.2.3:8080", "10.244.1.4:8080"]
+    assert rows(table) == [
+        fe(
+            "clusterip",
+            "10.96.0.20",
+            80,
+            service="default/web:http",
+            endpoints=three,
+            affinity_seconds=10800,
+            masquerade_offcluster=True,
+        ),
+        fe("clusterip", "10.96.0.21", 80, service="default/empty:http", no_endpoints="reject"),
+        fe(
+            "clusterip",
+            "10.96.0.22",
+            80,
+            service="default/c:http",
+            endpoints=three,
+            masquerade_offcluster=True,
+        ),
+        fe(
+            "nodeport",
+            None,
+            30100,
+            service="default/web:http",
+            endpoints=["10.244.1.2:8080", "10.244.1.4:8080"],
+            affinity_seconds=10800,
+            local_only=True,
+        ),
+        fe("nodeport", None, 30101, service="default/empty:http", no_endpoints="reject"),
+        fe(
+            "nodeport",
+            None,
+            30102,
+            service="default/c:http",
+            endpoints=three,
+            masquerade_offcluster=True,
+        ),
+    ]
+
+
+def test_ipvs_nodeports_on_several_addresses_become_one_frontend() -> None:
+    table = audit((DUMPS / "ipvs-1.19-kubeadm-2205.ipvsadm-Ln").read_text())
+    assert table.mode == "ipvs"
+    nodeport = table.find("nodeport", None, "tcp", 30449)
+    assert nodeport is not None
+    assert nodeport.addresses == ["10.0.2.4", "127.0.0.1", "172.17.0.1", "192.168.9.101"]
+    assert nodeport.endpoints == ["10.244.36.197:80", "10.244.36.198:80"]
+    assert [(f.kind, f.vip, f.port) for f in table.frontends] == [
+        ("clusterip", "10.96.0.1", 443),
+        ("clusterip", "10.96.0.10", 53),
+        ("clusterip", "10.103.89.136", 18080),
+        ("nodeport", None, 30449),
+    ]
+    assert all(f.masquerade_offcluster is None and f.service is None for f in table.frontends)
+
+
+def test_ipvs_persistence_and_a_nodeport_on_a_node_address() -> None:
+    table = audit((DUMPS / "ipvs-1.x-opsnull.ipvsadm-Ln").read_text())
+    api = table.find("clusterip", "10.254.0.1", "tcp", 443)
+    assert api is not None and api.affinity_seconds == 10800 and api.scheduler == "rr"
+    assert [(f.kind, f.port) for f in table.frontends if f.kind == "nodeport"] == [
+        ("nodeport", 32429),
+        ("nodeport", 32767),
+    ]
+
+
+def test_ipvs_save_format_reads_like_the_listing() -> None:
+    save = "-A -t 10.96.0.1:443 -s rr -p 10800\n-a -t 10.96.0.1:443 -r 192.168.9.101:6443 -m -w 1\n"
+    table = audit(save)
+    assert rows(table)[0]["endpoints"] == ["192.168.9.101:6443"]
+    assert table.frontends[0].affinity_seconds == 10800
+
+
+def test_non_uniform_probabilities_of_the_pre_2019_format_are_reported() -> None:
+    # kube-proxy before 2019 printed 1/(n-i) with %0.5f; past 319 endpoints that repeats
+    n = 400
+    lines = [
+        '-A KUBE-SERVICES -d 10.96.0.50/32 -p tcp -m comment --comment "big/svc: cluster IP"'
+        " -m tcp --dport 80 -j KUBE-SVC-BIG"
+    ]
+    for i in range(n):
+        prob = (
+            f" -m statistic --mode random --probability {1.0 / (n - i):0.5f}" if i < n - 1 else ""
+        )
+        lines.append(f"-A KUBE-SVC-BIG{prob} -j KUBE-SEP-{i}")
+        lines.append(
+            f"-A KUBE-SEP-{i} -p tcp -m tcp -j DNAT --to-destination 10.1.{i // 250}.{i % 250}:80"
+        )
+    table = audit("\n".join(lines))
+    assert len(table.frontends[0].endpoints) == n
+    assert any("endpoint shares are not uniform" in w for w in table.warnings)
+    assert any("probabilities repeat" in w for w in table.warnings)
+    uniform = "\n".join(
+        line.replace(
+            f"{1.0 / (n - int(line.split('KUBE-SEP-')[1])):0.5f}",
+            f"{1.0 / (n - int(line.split('KUBE-SEP-')[1])):0.10f}",
+        )
+        if "--probability" in line
+        else line
+        for line in lines
+    )
+    assert not any("uniform" in w for w in audit(uniform).warnings)
+
+
+def test_dnat_outside_the_pod_ranges_is_reported() -> None:
+    text = (DUMPS / "k8s-1.3-docs-hostnames.iptables-save").read_text()
+    table = audit(text, pod_cidrs=["10.244.1.0/24", "10.244.2.0/24"])
+    assert [w for w in table.warnings if "outside the pod ranges" in w] == [
+        "clusterip tcp 10.0.1.175:80 (default/hostnames): DNAT target 10.244.3.6:9376 is "
+        "outside the pod ranges 10.244.1.0/24, 10.244.2.0/24"
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("hello world\n", "not a kube-proxy dump (line 1: 'hello world')"),
+        ("", "the file is empty"),
+        (
+            '{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": ',
+            "the nftables JSON is cut",
+        ),
+        ("table inet filter {\n chain input { }\n}\n", "without `table ip kube-proxy`"),
+    ],
+)
+def test_bad_input_is_one_clear_line(text: str, message: str) -> None:
+    with pytest.raises(AuditInputError) as err:
+        audit(text, "x.txt")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_dump_cut_in_the_middle_gives_a_partial_table_and_warnings() -> None:
+    full = (DATA / "lab-node1-local.iptables-save").read_text()
+    cut = full[: full.index("-A KUBE-SEP-L6VFHHP5QEPN7F6C")]
+    table = audit(cut)
+    assert table.frontends, "the part before the cut is still read"
+    assert any("has no COMMIT line" in w for w in table.warnings)
+    assert any("jumps to no endpoint" in w for w in table.warnings)
+
+
+def test_expected_table_and_diff_from_kubectl_objects() -> None:
+    objects = json.loads((DATA / "objects-echo.json").read_text())
+    dump = audit((DATA / "lab-node1-local.iptables-save").read_text())
+    assert diff_tables(expected_table(objects, "node1", "iptables"), dump) == []
+    # node2's dump against node1's expectation: the Local NodePort reaches the wrong pods
+    other = audit((DATA / "lab-node2-local.iptables-save").read_text())
+    lines = diff_tables(expected_table(objects, "node1", "iptables"), other)
+    assert "nodeport tcp :30080 (default/echo:http): missing endpoint 10.244.1.2:8080" in lines
+    assert "nodeport tcp :30080 (default/echo:http): extra endpoint 10.244.2.2:8080" in lines
+
+
+def kubelab(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kubelab.cli", *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+def test_cli_json_schema_and_expect_exit_codes(tmp_path: Path) -> None:
+    proc = kubelab("audit", str(DUMPS / "k8s-1.3-docs-hostnames.iptables-save"), "--format", "json")
+    assert proc.returncode == 0
+    doc = json.loads(proc.stdout)
+    assert doc["mode"] == "iptables"
+    assert set(FIELDS) <= set(doc["frontends"][0])
+    good = kubelab(
+        "audit",
+        str(DATA / "lab-node1-local.iptables-save"),
+        "--expect",
+        str(DATA / "objects-echo.json"),
+        "--node",
+        "node1",
+    )
+    assert good.returncode == 0 and "0 differences" in good.stdout
+    bad = kubelab(
+        "audit",
+        str(DATA / "lab-node2-local.iptables-save"),
+        "--expect",
+        str(DATA / "objects-echo.json"),
+        "--node",
+        "node1",
+    )
+    assert bad.returncode == 1 and "DIFF nodeport tcp :30080" in bad.stdout
+    garbage = tmp_path / "g.txt"
+    garbage.write_text("not a dump\n")
+    proc = kubelab("audit", str(garbage))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
