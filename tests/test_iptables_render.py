@@ -9,7 +9,8 @@ import textwrap
 from kubelab import naming
 from kubelab.dataplanes.reference.proxier import IptablesProxier, ProxierContext
 from kubelab.model import Endpoint, Service, ServicePort, ServiceState
-from kubelab.rules.iptables_save import effective_weights, parse_rules
+from kubelab.rules.iptables_save import parse_rules
+from kubelab.rules.table import effective_weights
 
 CTX = ProxierContext(node="node1", cluster_cidr=ipaddress.IPv4Network("10.244.0.0/16"))
 IP = ipaddress.IPv4Address

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from conftest import DATA
 from kubelab import naming
-from kubelab.rules.iptables_save import effective_weights, parse_rule, parse_rules
+from kubelab.rules.iptables_save import parse_rule, parse_rules
+from kubelab.rules.table import effective_weights
 
 SVC = naming.svc_chain("default/echo:http", "TCP")
 SVL = naming.svl_chain("default/echo:http", "TCP")

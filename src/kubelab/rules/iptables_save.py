@@ -88,15 +88,3 @@ def parse_rule(line: str) -> Rule | None:
 
 def parse_rules(text: str) -> list[Rule]:
     return [r for r in (parse_rule(line) for line in text.splitlines()) if r is not None]
-
-
-def effective_weights(probabilities: list[float | None]) -> list[float]:
-    """The share of new connections each rule of a probability chain gets, in order.
-    A rule with no probability takes everything that reaches it."""
-    remaining = 1.0
-    out = []
-    for p in probabilities:
-        share = remaining if p is None else remaining * p
-        out.append(share)
-        remaining -= share
-    return out
