@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubelab.checks import audit_nodes
 from kubelab.lab import Lab
-from kubelab.pytest_plugin import CaseRecord, Traffic
-from kubelab.rules.audit import audit
-from kubelab.rules.expected import diff_tables, expected_table
+from kubelab.pytest_plugin import CaseRecord, Resources, Traffic
 from kubelab.rules.table import ForwardingTable, Frontend
+from scenario_helpers import SERVICE, get_from
 
-SERVICE = "default/echo"
 PROBES = 300  # 6 pods: P(some pod never answers | uniform) = 6 * (5/6)^300 < 1e-22
 
 
@@ -40,29 +39,6 @@ def _probe_nodeport(lab: Lab, traffic: Traffic, record: CaseRecord) -> tuple[Any
         f"{frame.loc[~frame['ok'], 'error'].head(1).tolist()}",
     )
     return frame[frame["ok"]], target.name
-
-
-DUMP_COMMANDS = {
-    "iptables": "iptables-save",
-    "nftables": "nft -j list ruleset",
-    "ipvs": "ipvsadm -S -n",
-}
-
-
-def _audit_nodes(lab: Lab, hosts: dict[str, Any], record: CaseRecord) -> dict[str, ForwardingTable]:
-    """Dump every node's rules through testinfra, read them with the rule auditor, and
-    expect exactly the table the Services and endpoints call for."""
-    mode = lab.dataplane.proxy_mode
-    objects = lab.objects()
-    tables = {}
-    for node, host in hosts.items():
-        table = audit(host.check_output(DUMP_COMMANDS[mode]), f"{node} rules")
-        for difference in diff_tables(expected_table(objects, node, mode), table):
-            record.expect(False, f"{node}: {difference}")
-        for warning in table.warnings:
-            record.expect(False, f"{node}: {warning}")
-        tables[node] = table
-    return tables
 
 
 def _nodeport(table: ForwardingTable, lab: Lab) -> Frontend | None:
@@ -94,7 +70,7 @@ def test_cluster_policy_snats(
     record.expect(
         seen <= node_side, f"pods saw addresses {sorted(seen - node_side)}, not {target}'s"
     )
-    for node, table in _audit_nodes(lab, hosts, record).items():
+    for node, table in audit_nodes(lab, hosts, record).items():
         front = _nodeport(table, lab)
         record.expect(
             front is not None and bool(front.masquerade_all),
@@ -124,11 +100,61 @@ def test_local_policy_keeps_client_ip(
         f"pods saw {sorted(seen - {client_ip})} instead of the client's IP {client_ip}: "
         "traffic was SNATed",
     )
-    for node, table in _audit_nodes(lab, hosts, record).items():
+    for node, table in audit_nodes(lab, hosts, record).items():
         front = _nodeport(table, lab)
         local = sorted(f"{p.ip}:{p.port}" for p in lab.running_pods("echo", node))
         record.expect(
             front is not None and front.local_only and sorted(front.endpoints) == local,
             f"{node}: the NodePort should reach only this node's endpoints {local}",
         )
+    record.verdict()
+
+
+def test_health_check_node_port_is_200_only_where_endpoints_are(
+    lab: Lab, resources: Resources, record: CaseRecord
+) -> None:
+    """kube-proxy answers a Local Service's healthCheckNodePort so load balancers skip nodes
+    without endpoints: 200 with local endpoints, 503 without."""
+    with_pods = [n.name for n in lab.topology.nodes][:-1]
+    resources.workload("web", replicas=len(with_pods), nodes=with_pods)
+    key = resources.service(
+        name="web-local",
+        workload="web",
+        type="NodePort",
+        external_traffic_policy="Local",
+        ports=[{"name": "http", "port": 80, "target_port": 8080, "node_port": 30090}],
+    )
+    port = lab.service(key).health_check_node_port
+    for node in lab.topology.nodes:
+        result = get_from(lab, "client", f"http://{node.ip}:{port}/healthz")[0]
+        status = 200 if result["ok"] else (503 if "503" in result.get("error", "") else 0)
+        want = 200 if node.name in with_pods else 503
+        record.metric(f"health_{node.name}", status, "http status", f"port {port}")
+        record.expect(
+            status == want,
+            f"{node.name}: healthCheckNodePort {port} answered "
+            f"{status or result.get('error')}, expected {want}",
+        )
+    record.verdict()
+
+
+def test_switching_policy_at_run_time_changes_what_pods_see(
+    lab: Lab, traffic: Traffic, record: CaseRecord
+) -> None:
+    client = str(lab.topology.client.ip)
+    host, port = lab.nodeport_target(SERVICE, lab.topology.nodes[0].name)
+    for step, policy in enumerate(("Local", "Cluster", "Local")):
+        latency = lab.update_service(SERVICE, external_traffic_policy=policy)
+        run = traffic.probe(host, port, max_probes=60, users=4)
+        ok = run.samples[run.samples["ok"]]
+        kept = float((ok["client_ip"] == client).mean()) if len(ok) else 0.0
+        record.metric(f"step{step}_{policy}_client_ip_kept", kept, "ratio")
+        record.metric(f"step{step}_{policy}_programming_latency", latency, "s")
+        want = 1.0 if policy == "Local" else 0.0
+        record.expect(len(ok) == 60, f"step {step} ({policy}): {60 - len(ok)} probes failed")
+        record.expect(
+            kept == want,
+            f"step {step} ({policy}): {kept:.0%} of probes kept the client IP, expected {want:.0%}",
+        )
+    lab.update_service(SERVICE, external_traffic_policy="Cluster")
     record.verdict()

@@ -7,13 +7,13 @@ scenario itself triggers when it switches traffic policy.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import ROOT, test_spec
+from conftest import ROOT
 from kubelab.dataplanes.reference.proxier import Proxier, ProxierContext
 from kubelab.hosts import Runner
 from kubelab.lab import Lab
@@ -63,13 +63,8 @@ def one_endpoint_missing(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    lab = Lab(test_spec())
-    lab.up()
-    try:
-        yield lab
-    finally:
-        lab.down()
+def lab(running_lab: Lab) -> Lab:
+    return running_lab
 
 
 def run_broken(lab: Lab, sabotage: Sabotage, tmp_path: Path) -> pd.DataFrame:

@@ -121,9 +121,9 @@ def test_missing_file() -> None:
 @pytest.mark.parametrize("command", ["up", "run", "status"])
 def test_cli_bad_spec_exit_2_and_builds_nothing(tmp_path: Path, command: str) -> None:
     bad = _with(["services", 0, "ports", 0, "node_port"], 40000)
+    bad["name"] = "klbad"  # a lab name no other test uses
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(bad))
-    before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     proc = subprocess.run(
         [
             sys.executable,
@@ -141,5 +141,6 @@ def test_cli_bad_spec_exit_2_and_builds_nothing(tmp_path: Path, command: str) ->
     assert len(lines) == 1, proc.stderr
     assert "services[0].ports[0].node_port: 40000 is outside the NodePort range" in lines[0]
     assert not (tmp_path / "reports").exists()
-    after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert before == after
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "kl-klbad-" not in listed
+    assert not Path("/run/kubelab/klbad").exists()

@@ -28,7 +28,7 @@ from kubelab.dataplanes.reference.dataplane import ReferenceDataplane
 from kubelab.errors import EnvironmentMissing, LabError
 from kubelab.hosts import CommandResult, Runner
 from kubelab.model import Endpoint, Service, ServiceState, allocate_node_port, service_from_spec
-from kubelab.spec import LabSpec, ServiceSpec
+from kubelab.spec import LabSpec, ServiceSpec, WorkloadSpec
 from kubelab.substrates.base import Substrate
 from kubelab.substrates.netns import NetnsSubstrate
 from kubelab.topology import PodInfo, Topology
@@ -70,6 +70,11 @@ def check_environment(spec: LabSpec) -> None:
             )
 
 
+def _present(**fields: Any) -> dict[str, Any]:
+    """The fields that are set, as the API server omits unset ones."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 @dataclass
 class PodRecord:
     info: PodInfo
@@ -105,6 +110,7 @@ class Lab:
         self.pods: dict[str, PodRecord] = {p.name: PodRecord(p) for p in self.topology.pods}
         self.failed_nodes: dict[str, bool] = {}  # node -> failure noticed
         self._last_host: dict[str, int] = {}  # node -> last pod address offset handed out
+        self.workloads: dict[str, WorkloadSpec] = {w.name: w for w in spec.workloads}
         self.programming: list[ProgrammingEvent] = []
         self._lock = threading.RLock()
         self._timers: list[threading.Thread] = []
@@ -327,10 +333,29 @@ class Lab:
         else:
             self._later(grace_s, finish)
 
+    def create_workload(self, spec: WorkloadSpec) -> None:
+        """Add a workload and its pods while the lab runs (as `kubectl create deployment`)."""
+        with self._lock:
+            if spec.name in self.workloads:
+                raise LabError(f"workload {spec.name!r} exists; pick another name")
+            self.workloads[spec.name] = spec
+        total = (
+            spec.replicas
+            if spec.replicas is not None
+            else ((spec.pods_per_node or 0) * len(self.topology.nodes))
+        )
+        self.scale(spec.name, total)
+
+    def delete_workload(self, name: str) -> None:
+        """Delete every pod of the workload gracefully, then the workload."""
+        self.scale(name, 0)
+        self.settle()
+        self.workloads.pop(name, None)
+
     def scale(self, workload: str, replicas: int) -> None:
-        """Add pods round-robin on the least loaded nodes, or delete the newest gracefully."""
-        if workload not in {w.name for w in self.spec.workloads}:
-            raise LabError(f"no workload {workload!r}")
+        """Add pods on the least loaded allowed nodes, or delete the newest gracefully."""
+        if workload not in self.workloads:
+            raise LabError(f"no workload {workload!r}; workloads are {sorted(self.workloads)}")
         current = self.running_pods(workload)
         if replicas < len(current):
             for pod in current[replicas:][::-1]:
@@ -344,19 +369,27 @@ class Lab:
             self.sync(f"scale {workload} to {replicas}")
 
     def _next_pod(self, workload: str) -> PodInfo:
+        spec = self.workloads[workload]
+
         def load(node: str) -> int:
             return sum(1 for r in self.pods.values() if r.info.node == node)
 
-        node = min(self.topology.nodes, key=lambda n: (load(n.name), n.index))
-        used = {r.info.ip for r in self.pods.values() if r.info.node == node.name}
-        host = next(
-            h
-            for h in range(2, node.pod_cidr.num_addresses - 1)
-            if node.pod_cidr.network_address + h not in used
-        )
+        allowed = [n for n in self.topology.nodes if not spec.nodes or n.name in spec.nodes]
+        node = min(allowed, key=lambda n: (load(n.name), n.index))
+        base = int(node.pod_cidr.network_address)
+        used = {int(r.info.ip) - base for r in self.pods.values() if r.info.node == node.name}
+        # like the host-local IPAM plugin: continue after the last address handed out, so a
+        # just-freed address (still in neighbour caches) is not reused at once
+        last = self._last_host.get(node.name, max(used, default=1))
+        hosts = list(range(2, node.pod_cidr.num_addresses - 1))
+        order = [h for h in hosts if h > last] + [h for h in hosts if h <= last]
+        host = next((h for h in order if h not in used), None)
+        if host is None:
+            raise LabError(f"node {node.name}'s pod range {node.pod_cidr} is full")
+        self._last_host[node.name] = host
         names = {r.info.name for r in self.pods.values()}
         k = next(k for k in range(10_000) if f"{workload}-{node.name}-{k}" not in names)
-        return self.topology.pod_info(workload, node, k, host)
+        return self.topology.pod_info(spec, node, k, host)
 
     # --- nodes --------------------------------------------------------------------------------
 
@@ -486,17 +519,13 @@ class Lab:
                 "type": svc.type,
                 "clusterIP": str(svc.cluster_ip) if svc.cluster_ip else "None",
                 "ports": [
-                    {
-                        k: v
-                        for k, v in {
-                            "name": p.name,
-                            "protocol": p.protocol,
-                            "port": p.port,
-                            "targetPort": p.target_port,
-                            "nodePort": p.node_port,
-                        }.items()
-                        if v is not None
-                    }
+                    _present(
+                        name=p.name,
+                        protocol=p.protocol,
+                        port=p.port,
+                        targetPort=p.target_port,
+                        nodePort=p.node_port,
+                    )
                     for p in svc.ports
                 ],
                 "sessionAffinity": svc.session_affinity,
@@ -529,15 +558,7 @@ class Lab:
                     },
                     "addressType": "IPv4",
                     "ports": [
-                        {
-                            k: v
-                            for k, v in {
-                                "name": p.name,
-                                "protocol": p.protocol,
-                                "port": p.target_port,
-                            }.items()
-                            if v is not None
-                        }
+                        _present(name=p.name, protocol=p.protocol, port=p.target_port)
                         for p in svc.ports
                     ],
                     "endpoints": [

@@ -102,6 +102,26 @@ class Categorized:
     local: tuple[Endpoint, ...]  # used with policy Local
     reachable: tuple[Endpoint, ...]  # every endpoint some rule on this node may DNAT to
     has_any: bool  # the Service has usable endpoints somewhere
+    internal_local: bool = False  # internalTrafficPolicy Local
+    external_local: bool = False  # externalTrafficPolicy Local
+
+    @property
+    def internal(self) -> tuple[Endpoint, ...]:
+        """What ClusterIP traffic reaches on this node."""
+        return self.local if self.internal_local else self.cluster
+
+    @property
+    def external(self) -> tuple[Endpoint, ...]:
+        """What NodePort / external traffic from outside the cluster reaches on this node."""
+        return self.local if self.external_local else self.cluster
+
+    @property
+    def has_internal(self) -> bool:
+        return self.has_any and bool(self.internal)
+
+    @property
+    def has_external(self) -> bool:
+        return self.has_any and bool(self.external)
 
 
 def _usable(endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
@@ -126,7 +146,14 @@ def categorize(service: Service, endpoints: tuple[Endpoint, ...], node: str) -> 
     chosen = {e.address for e in (*cluster, *local)}
     reachable = tuple(e for e in endpoints if e.address in chosen)
     has_any = any(e.ready or (e.serving and e.terminating) for e in endpoints)
-    return Categorized(cluster, local, reachable, has_any)
+    return Categorized(
+        cluster,
+        local,
+        reachable,
+        has_any,
+        internal_local=service.internal_traffic_policy == "Local",
+        external_local=service.external_traffic_policy == "Local",
+    )
 
 
 def service_from_spec(spec: ServiceSpec, index: int, lab: LabSpec, taken: set[int]) -> Service:

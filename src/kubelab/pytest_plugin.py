@@ -24,8 +24,8 @@ import testinfra
 
 from kubelab.lab import Lab
 from kubelab.results import ResultsWriter, RunContext, Verdict, new_run_id, write_provenance
-from kubelab.spec import load_spec
-from kubelab.traffic.runner import ProbePlan, ProbeRun, run_probes
+from kubelab.spec import ServiceSpec, WorkloadSpec, load_spec
+from kubelab.traffic.runner import ProbePlan, ProbeRun, RunningProbes, start_probes
 
 SESSION_KEY = pytest.StashKey["LabSession"]()
 RECORD_KEY = pytest.StashKey["CaseRecord"]()
@@ -61,6 +61,32 @@ class SessionPlugin:
 
     def pytest_configure(self, config: pytest.Config) -> None:
         config.stash[SESSION_KEY] = self.session
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "kubelab_requires(proxy_modes=None, dataplane=None, reason=''): the scenario needs this; "
+        "elsewhere it is skipped with the reason",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _kubelab_requirements(request: pytest.FixtureRequest) -> None:
+    marker = request.node.get_closest_marker("kubelab_requires")
+    if marker is None:
+        return
+    lab: Lab = request.getfixturevalue("lab")
+    modes = marker.kwargs.get("proxy_modes")
+    dataplane = marker.kwargs.get("dataplane")
+    reason = marker.kwargs.get("reason", "")
+    if modes and lab.dataplane.proxy_mode not in modes:
+        pytest.skip(
+            reason
+            or f"needs proxy mode {'/'.join(modes)}, this lab runs {lab.dataplane.proxy_mode}"
+        )
+    if dataplane and lab.spec.dataplane.kind != dataplane:
+        pytest.skip(reason or f"needs the {dataplane} dataplane")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -177,14 +203,67 @@ class Traffic:
         self.record = record
 
     def probe(self, host: str, port: int, **plan: Any) -> ProbeRun:
+        """Run bounded probes and wait for them."""
+        return self.start(host, port, **plan).wait()
+
+    def start(self, host: str, port: int, **plan: Any) -> RecordedProbes:
+        """Start bounded probes in the background; `.wait()` returns the run."""
         plan.setdefault("seed", self.lab.spec.seed)
-        run = run_probes(
+        running = start_probes(
             self.lab.runner(self.lab.topology.client.name),
             ProbePlan(host, port, **plan),
             self.lab.state_dir,
         )
+        return RecordedProbes(running, self.record)
+
+
+@dataclass
+class RecordedProbes:
+    running: RunningProbes
+    record: CaseRecord
+
+    def wait(self) -> ProbeRun:
+        run = self.running.wait()
         self.record.samples(run.samples)
         return run
+
+
+class Resources:
+    """Workloads and Services a case creates for itself; all removed when it ends."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self._services: list[str] = []
+        self._workloads: list[str] = []
+
+    def workload(self, name: str, replicas: int, nodes: list[str] | None = None) -> str:
+        self.lab.create_workload(WorkloadSpec(name=name, replicas=replicas, nodes=nodes))
+        self._workloads.append(name)
+        return name
+
+    def service(self, **fields: Any) -> str:
+        """A Service from ServiceSpec fields, e.g. name=, workload=, type=, ports=[...]."""
+        spec = ServiceSpec.model_validate(fields)
+        self.lab.create_service(spec)
+        key = f"{spec.namespace}/{spec.name}"
+        self._services.append(key)
+        return key
+
+    def clean(self) -> None:
+        self.lab.settle()
+        if self._services:
+            self.lab.delete_services([k for k in self._services if k in self.lab.services])
+        for name in self._workloads:
+            self.lab.delete_workload(name)
+
+
+@pytest.fixture
+def resources(lab: Lab) -> Iterator[Resources]:
+    made = Resources(lab)
+    try:
+        yield made
+    finally:
+        made.clean()
 
 
 @pytest.fixture

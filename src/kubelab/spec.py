@@ -133,6 +133,7 @@ class WorkloadSpec(StrictModel):
     name: str = Field(pattern=DNS_LABEL, max_length=12)
     pods_per_node: int | None = Field(None, ge=0)
     replicas: int | None = Field(None, ge=0)  # spread round-robin over the nodes
+    nodes: list[str] | None = None  # like a nodeSelector: only these nodes get pods
     port: int = Field(8080, ge=1, le=65535)
     udp_port: int = Field(8081, ge=1, le=65535)  # agnhost netexec's --udp-port default
 
@@ -142,12 +143,16 @@ class WorkloadSpec(StrictModel):
             raise ValueError("set exactly one of pods_per_node or replicas")
         return self
 
-    def count_on(self, node_index: int, node_count: int) -> int:
-        """Pods of this workload on node `node_index` (0-based)."""
+    def count_on(self, node_index: int, node_count: int, node_name: str = "") -> int:
+        """Pods of this workload on node `node_index` (0-based) of `node_count`."""
+        if self.nodes is not None and node_name and node_name not in self.nodes:
+            return 0
         if self.pods_per_node is not None:
             return self.pods_per_node
         assert self.replicas is not None
-        return self.replicas // node_count + (1 if node_index < self.replicas % node_count else 0)
+        count = len(self.nodes) if self.nodes else node_count
+        index = self.nodes.index(node_name) if self.nodes and node_name else node_index
+        return self.replicas // count + (1 if index < self.replicas % count else 0)
 
 
 class ServicePortSpec(StrictModel):
@@ -244,8 +249,8 @@ class LabSpec(StrictModel):
         per_node = 2 ** (32 - net.node_pod_prefix) - 3  # network, gateway, broadcast
         pods = max(
             (
-                sum(w.count_on(i, len(self.nodes)) for w in self.workloads)
-                for i in range(len(self.nodes))
+                sum(w.count_on(i, len(self.nodes), n.name) for w in self.workloads)
+                for i, n in enumerate(self.nodes)
             ),
             default=0,
         )
@@ -260,6 +265,14 @@ class LabSpec(StrictModel):
                 "nodes and a client; use a /24"
             )
         workloads = {w.name for w in self.workloads}
+        node_names = {n.name for n in self.nodes}
+        for w in self.workloads:
+            unknown = sorted(set(w.nodes or []) - node_names)
+            if unknown:
+                raise ValueError(
+                    f"workload {w.name} names unknown nodes {unknown}; "
+                    f"use some of {sorted(node_names)}"
+                )
         seen_node_ports: set[int] = set()
         seen_services: set[str] = set()
         for svc in self.services:

@@ -10,7 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 from functools import cached_property
 
-from kubelab.spec import LabSpec
+from kubelab.spec import LabSpec, WorkloadSpec
 
 NETNS_PREFIX = "kl"
 NODE_HOST_OFFSET = 10  # node i (1-based) gets node_cidr + 10 + i, as Vagrant labs usually do
@@ -100,13 +100,12 @@ class Topology:
         for i, node in enumerate(self.nodes):
             host = 2  # .1 is the node's bridge
             for wl in self.spec.workloads:
-                for k in range(wl.count_on(i, len(self.nodes))):
-                    out.append(self.pod_info(wl.name, node, k, host))
+                for k in range(wl.count_on(i, len(self.nodes), node.name)):
+                    out.append(self.pod_info(wl, node, k, host))
                     host += 1
         return tuple(out)
 
-    def pod_info(self, workload: str, node: NodeInfo, k: int, host: int) -> PodInfo:
-        wl = next(w for w in self.spec.workloads if w.name == workload)
+    def pod_info(self, wl: WorkloadSpec, node: NodeInfo, k: int, host: int) -> PodInfo:
         name = f"{wl.name}-{node.name}-{k}"
         return PodInfo(
             name=name,

@@ -120,21 +120,19 @@ def expected_table(doc: Any, node: str, mode: str) -> ForwardingTable:
             proto = port.protocol.lower()
             eps = _endpoints(slices, svc, port)
             cat = categorize(svc, eps, node)
-            itp_local = svc.internal_traffic_policy == "Local"
-            etp_local = svc.external_traffic_policy == "Local"
+            etp_local = cat.external_local
             name = svc.port_name(port)
 
             f = table.add(Frontend("clusterip", str(svc.cluster_ip), port.port, proto, name))
-            internal = cat.local if itp_local else cat.cluster
             if not cat.has_any:
                 f.no_endpoints = "reject"
-            elif not internal:
+            elif not cat.has_internal:
                 f.no_endpoints = "drop"
             else:
-                f.endpoints = sorted(e.address for e in internal)
+                f.endpoints = sorted(e.address for e in cat.internal)
                 f.affinity_seconds = svc.affinity_seconds
                 f.masquerade_offcluster = None if ipvs else True
-            external = cat.local if etp_local else cat.cluster
+            external = cat.external
             targets: list[tuple[str, str | None]] = [("nodeport", None)] if port.node_port else []
             targets += [("externalip", ip) for ip in external_ips]
             targets += [("loadbalancer", ip) for ip in lb_ips]

@@ -98,6 +98,7 @@ def main(argv: list[str]) -> int:
                 "requests": STATE["requests"],
                 "request_failures": STATE["request_failures"],
                 "elapsed_s": elapsed,
+                "started": started,
             }
         )
     )

@@ -169,12 +169,9 @@ class IptablesProxier(Proxier):
         svc_chain = n.svc_chain(name, proto)
         svl_chain = n.svl_chain(name, proto)
         ext_chain = n.ext_chain(name, proto)
-        internal_local = svc.internal_traffic_policy == "Local"
-        external_local = svc.external_traffic_policy == "Local"
-
-        has_internal = cat.has_any and not (internal_local and not cat.local)
-        has_external = cat.has_any and not (external_local and not cat.local)
-        internal_chain = svl_chain if internal_local else svc_chain
+        external_local = cat.external_local
+        has_internal, has_external = cat.has_internal, cat.has_external
+        internal_chain = svl_chain if cat.internal_local else svc_chain
         external_policy_chain = svl_chain if external_local else svc_chain
         uses_ext = cat.has_any and port.node_port is not None
         if not cat.has_any:

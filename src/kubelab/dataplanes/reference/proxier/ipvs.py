@@ -53,7 +53,7 @@ class IpvsProxier(Proxier):
                 flag = "-t" if port.protocol == "TCP" else "-u"
                 proto = port.protocol.lower()
                 cat = categorize(svc, state.endpoints_for(port), ctx.node)
-                internal = cat.local if svc.internal_traffic_policy == "Local" else cat.cluster
+                internal = cat.internal
                 members["KUBE-CLUSTER-IP"].append(f"{svc.cluster_ip},{proto}:{port.port}")
                 for ep in cat.reachable:
                     members["KUBE-LOOP-BACK"].append(f"{ep.ip},{proto}:{ep.port},{ep.ip}")
@@ -63,10 +63,9 @@ class IpvsProxier(Proxier):
                 if port.node_port is None or node_ip is None:
                     continue
                 members[f"KUBE-NODE-PORT-{port.protocol}"].append(str(port.node_port))
-                external = cat.cluster
-                if svc.external_traffic_policy == "Local":
+                external = cat.external
+                if cat.external_local:
                     members[f"KUBE-NODE-PORT-LOCAL-{port.protocol}"].append(str(port.node_port))
-                    external = cat.local
                 vs = f"{node_ip}:{port.node_port}"
                 virtual.append(f"-A {flag} {vs} -s {self.scheduler}{persist}")
                 virtual += [f"-a {flag} {vs} -r {ep.address} -m -w 1" for ep in external]

@@ -151,11 +151,9 @@ class NftablesProxier(Proxier):
         port_name = svc.port_name(port)
         cat: Categorized = categorize(svc, endpoints, ctx.node)
         cluster_chain, local_chain, external_chain = self._names(svc, port)
-        internal_local = svc.internal_traffic_policy == "Local"
-        external_local = svc.external_traffic_policy == "Local"
-        has_internal = cat.has_any and not (internal_local and not cat.local)
-        has_external = cat.has_any and not (external_local and not cat.local)
-        internal_chain = local_chain if internal_local else cluster_chain
+        external_local = cat.external_local
+        has_internal, has_external = cat.has_internal, cat.has_external
+        internal_chain = local_chain if cat.internal_local else cluster_chain
         external_policy_chain = local_chain if external_local else cluster_chain
         uses_ext = cat.has_any and port.node_port is not None
         verdict = "goto reject-chain" if not cat.has_any else "drop"

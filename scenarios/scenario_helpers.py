@@ -1,0 +1,36 @@
+"""Helpers shared by the scenario modules (fixtures come from the kubelab pytest plugin).
+
+Not a conftest.py: the project's tests run scenarios in the same process, and two modules
+named conftest would collide."""
+
+from __future__ import annotations
+
+from kubelab.lab import Lab
+from kubelab.traffic import inline
+
+SERVICE = "default/echo"  # the default lab's Service: workload echo, NodePort 30080
+
+
+def a_pod_on(lab: Lab, node: str, workload: str = "echo") -> str:
+    pods = lab.running_pods(workload, node)
+    if not pods:
+        raise AssertionError(f"no running {workload} pod on {node} to send requests from")
+    return pods[0].name
+
+
+def get_from(lab: Lab, member: str, url: str, count: int = 1, timeout: float = 2.0) -> list[dict]:
+    """`count` GETs from inside a member, a new connection each."""
+    return inline.http_get(lab.runner(member), url, count, timeout)
+
+
+def clusterip_url(lab: Lab, key: str, path: str = "/hostname", port: str | None = None) -> str:
+    host, number = lab.clusterip_target(key, port)
+    return f"http://{host}:{number}{path}"
+
+
+def answers(results: list[dict]) -> list[str]:
+    return [r["body"] for r in results if r["ok"]]
+
+
+def failures(results: list[dict]) -> list[str]:
+    return [r["error"] for r in results if not r["ok"]]

@@ -1,0 +1,65 @@
+"""Claim: a ClusterIP reaches every endpoint from every pod and every node, picks endpoints
+uniformly at random (iptables: 1/n probabilities; nftables: numgen; IPVS: the scheduler),
+and lives on no interface (iptables, nftables) or only on kube-ipvs0 (IPVS)."""
+
+from __future__ import annotations
+
+from kubelab.checks import uniform_spread
+from kubelab.lab import Lab
+from kubelab.pytest_plugin import CaseRecord
+from scenario_helpers import SERVICE, a_pod_on, answers, clusterip_url, failures, get_from
+
+PER_ENDPOINT = 200  # requests per endpoint for the chi-square test
+
+
+def test_reachable_from_every_pod_and_node(lab: Lab, record: CaseRecord) -> None:
+    url = clusterip_url(lab, SERVICE)
+    endpoints = {p.name for p in lab.running_pods("echo")}
+    count = 20 * len(endpoints)  # P(an endpoint never answers) < n * (1 - 1/n)^count
+    for node in lab.topology.nodes:
+        for member in (a_pod_on(lab, node.name), node.name):
+            results = get_from(lab, member, url, count)
+            seen = set(answers(results))
+            record.metric(
+                f"endpoints_seen_from_{member}", len(seen), "pods", f"of {len(endpoints)}"
+            )
+            record.expect(
+                not failures(results),
+                f"{member}: {len(failures(results))} requests failed: {failures(results)[:1]}",
+            )
+            record.expect(
+                seen == endpoints,
+                f"{member}: endpoints that never answered: {sorted(endpoints - seen)}",
+            )
+    record.verdict()
+
+
+def test_spread_is_uniform(lab: Lab, record: CaseRecord) -> None:
+    endpoints = {p.name for p in lab.running_pods("echo")}
+    n = PER_ENDPOINT * len(endpoints)
+    caller = a_pod_on(lab, lab.topology.nodes[0].name)
+    results = get_from(lab, caller, clusterip_url(lab, SERVICE), n)
+    record.metric("requests", n, "count", f"new connection each, from {caller}")
+    record.expect(not failures(results), f"{len(failures(results))} requests failed")
+    uniform_spread(answers(results), endpoints, record)
+    record.verdict()
+
+
+def test_clusterip_is_on_no_interface(lab: Lab, record: CaseRecord) -> None:
+    vip = str(lab.service(SERVICE).cluster_ip)
+    for node in lab.topology.nodes:
+        lines = [
+            line
+            for line in lab.exec(node.name, ["ip", "-o", "addr"]).stdout.splitlines()
+            if f" {vip}/" in line
+        ]
+        if lab.dataplane.proxy_mode == "ipvs":
+            record.expect(
+                bool(lines) and all(" kube-ipvs0 " in f" {x} " for x in lines),
+                f"{node.name}: the ClusterIP {vip} is not (only) on kube-ipvs0: {lines}",
+            )
+        else:
+            record.expect(
+                not lines, f"{node.name}: the ClusterIP {vip} is on an interface: {lines}"
+            )
+    record.verdict()

@@ -1,0 +1,18 @@
+"""Claim: a NetworkPolicy that denies ingress stops Service traffic to the selected pods.
+Needs a policy-enforcing CNI (Calico, Cilium), which only a real cluster runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubelab.lab import Lab
+from kubelab.pytest_plugin import CaseRecord
+
+pytestmark = pytest.mark.kubelab_requires(
+    dataplane="kubernetes",
+    reason="NetworkPolicy needs a policy-enforcing CNI; the reference dataplane has none",
+)
+
+
+def test_deny_ingress_stops_service_traffic(lab: Lab, record: CaseRecord) -> None:
+    raise NotImplementedError("runs only on the kubernetes dataplane")  # skipped before this

@@ -1,0 +1,108 @@
+"""Measurements and expectations scenarios share: rule audits on every node, a chi-square
+test of an endpoint spread, failover timelines from per-probe samples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pandas as pd
+from scipy import stats
+
+from kubelab.lab import Lab
+from kubelab.rules.audit import audit
+from kubelab.rules.expected import diff_tables, expected_table
+from kubelab.rules.table import ForwardingTable
+
+DUMP_COMMANDS = {
+    "iptables": "iptables-save",
+    "nftables": "nft -j list ruleset",
+    "ipvs": "ipvsadm -S -n",
+}
+SPREAD_ALPHA = 0.001  # reject "uniform" below this p-value
+
+
+class Recorder(Protocol):
+    def metric(self, name: str, value: float, unit: str = "", detail: str = "") -> None: ...
+
+    def expect(self, condition: bool, message: str) -> bool: ...
+
+
+def audit_nodes(lab: Lab, hosts: dict[str, Any], record: Recorder) -> dict[str, ForwardingTable]:
+    """Dump every node's rules through testinfra, read them with the rule auditor, and
+    expect exactly the table the Services and endpoints call for (one failure per line)."""
+    mode = lab.dataplane.proxy_mode
+    objects = lab.objects()
+    tables = {}
+    for node, host in hosts.items():
+        table = audit(host.check_output(DUMP_COMMANDS[mode]), f"{node} rules")
+        for difference in diff_tables(expected_table(objects, node, mode), table):
+            record.expect(False, f"{node}: {difference}")
+        for warning in table.warnings:
+            record.expect(False, f"{node}: {warning}")
+        tables[node] = table
+    return tables
+
+
+@dataclass(frozen=True)
+class Spread:
+    counts: dict[str, int]
+    chi2: float
+    p_value: float
+    n: int
+
+
+def uniform_spread(
+    names: list[str], expected: set[str], record: Recorder, alpha: float = SPREAD_ALPHA
+) -> Spread:
+    """Chi-square goodness of fit of answers per endpoint against the uniform spread."""
+    counts = {pod: names.count(pod) for pod in sorted(expected)}
+    observed = list(counts.values())
+    result = stats.chisquare(observed)
+    spread = Spread(counts, float(result.statistic), float(result.pvalue), len(names))
+    detail = (
+        f"chi-square {spread.chi2:.2f}, {len(expected) - 1} dof, n={spread.n}, "
+        f"alpha={alpha}: " + ", ".join(f"{k}={v}" for k, v in counts.items())
+    )
+    record.metric("spread_p_value", spread.p_value, "p", detail)
+    record.metric("spread_chi2", spread.chi2, "", detail)
+    record.expect(
+        spread.p_value >= alpha,
+        f"the spread over endpoints is not uniform (p={spread.p_value:.2g} < {alpha}; {detail})",
+    )
+    stray = sorted(set(names) - expected)
+    record.expect(not stray, f"answers from pods that are not endpoints: {stray}")
+    return spread
+
+
+@dataclass(frozen=True)
+class Failover:
+    probes: int
+    failed: int
+    blackout_s: float  # first failure -> last failure (0 with none)
+    recovery_s: float  # the change -> last failure (0 with none)
+    per_second: pd.DataFrame  # second, probes, failed
+
+
+def failover_timeline(samples: pd.DataFrame, change_at: float) -> Failover:
+    """Failures per second around a change made at `change_at` (time.time()). A probe counts
+    when it ended (start + latency): a connection that hangs until its timeout fails late."""
+    ended = samples["t"] + samples["latency_ms"].fillna(0) / 1000.0
+    frame = samples.assign(t=ended, second=(ended - change_at).floordiv(1).astype(int))
+    per_second = (
+        frame.groupby("second")
+        .agg(probes=("ok", "size"), failed=("ok", lambda s: int((~s).sum())))
+        .reset_index()
+    )
+    failures = frame[~frame["ok"]]
+    if failures.empty:
+        return Failover(len(frame), 0, 0.0, 0.0, per_second)
+    first, last = float(failures["t"].min()), float(failures["t"].max())
+    return Failover(len(frame), len(failures), last - first, max(0.0, last - change_at), per_second)
+
+
+def record_failover(record: Recorder, outcome: Failover) -> None:
+    record.metric("probes", outcome.probes, "count")
+    record.metric("failed_probes", outcome.failed, "count")
+    record.metric("blackout_window", outcome.blackout_s, "s", "first to last failed probe")
+    record.metric("recovery_time", outcome.recovery_s, "s", "change to last failed probe")
