@@ -49,6 +49,9 @@ def test_failover_under_load(
 ) -> None:
     lab.update_service(SERVICE, external_traffic_policy="Cluster")
     host, port = lab.nodeport_target(SERVICE, lab.topology.nodes[0].name)
+    # earlier load leaves thousands of TIME_WAIT entries; a probe reusing one of those
+    # 5-tuples would keep its old DNAT target (possibly the victim) and blur the measurement
+    record.metric("stale_time_wait_entries_cleared", lab.clear_time_wait(port), "count")
     load = traffic.start(
         host,
         port,

@@ -25,6 +25,13 @@ PROBES = 300  # 6 pods: P(some pod never answers | uniform) = 6 * (5/6)^300 < 1e
 def _probe_nodeport(lab: Lab, traffic: Traffic, record: CaseRecord) -> tuple[Any, str]:
     target = lab.topology.nodes[0]
     host, port = lab.nodeport_target(SERVICE, target.name)
+    stale = lab.clear_time_wait(port)
+    record.metric(
+        "stale_time_wait_entries_cleared",
+        stale,
+        "count",
+        "reused 5-tuples would keep an older NAT decision",
+    )
     run = traffic.probe(host, port, max_probes=PROBES, new_connection=True, users=10)
     frame = run.samples
     failed = int((~frame["ok"]).sum())
@@ -145,6 +152,8 @@ def test_switching_policy_at_run_time_changes_what_pods_see(
     host, port = lab.nodeport_target(SERVICE, lab.topology.nodes[0].name)
     for step, policy in enumerate(("Local", "Cluster", "Local")):
         latency = lab.update_service(SERVICE, external_traffic_policy=policy)
+        stale = lab.clear_time_wait(port)
+        record.metric(f"step{step}_stale_time_wait_entries_cleared", stale, "count")
         run = traffic.probe(host, port, max_probes=60, users=4)
         ok = run.samples[run.samples["ok"]]
         kept = float((ok["client_ip"] == client).mean()) if len(ok) else 0.0

@@ -68,19 +68,30 @@ def test_up_status_exec_down(spec_file: Path) -> None:
     assert json.loads(kubelab("status", str(spec_file), "--json").stdout)["up"] is False
 
 
-@pytest.mark.parametrize("lab_file", ["local.yaml", "local-nftables.yaml", "local-vxlan.yaml"])
-def test_run_end_to_end_writes_the_report(tmp_path: Path, lab_file: str) -> None:
+SCENARIOS = {
+    "clusterip", "rules", "nodeport", "source_ip", "session_affinity", "failover",
+    "no_endpoints", "internal_traffic_policy", "hairpin", "multi_port_and_udp", "dns",
+    "network_policy",
+}
+ONLY_ELSEWHERE = {"dns", "network_policy"}  # need a real cluster: skipped with a reason
+
+
+def run_lab_file(tmp_path: Path, lab_file: str, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
     data = yaml.safe_load((ROOT / "labs" / lab_file).read_text())
     data["name"] = "kltest"
     spec_file = tmp_path / "kltest.yaml"
     spec_file.write_text(yaml.safe_dump(data))
-    reports = tmp_path / "reports"
+    proc = kubelab("run", str(spec_file), "--scenarios", str(ROOT / "scenarios"), "--reports",
+                   str(tmp_path / "reports"), *extra, timeout=600)
+    return proc, data
+
+
+@pytest.mark.parametrize("lab_file", ["local.yaml", "local-nftables.yaml"])
+def test_run_runs_every_scenario_and_reports_each_verdict(tmp_path: Path, lab_file: str) -> None:
     started = time.monotonic()
-    proc = kubelab(
-        "run", str(spec_file), "--scenarios", str(ROOT / "scenarios"), "--reports", str(reports)
-    )
+    proc, data = run_lab_file(tmp_path, lab_file)
     elapsed = time.monotonic() - started
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     report = Path(proc.stdout.strip().splitlines()[-1])
     assert report.name == "report.html" and report.exists()
     run_dir = report.parent
@@ -88,20 +99,37 @@ def test_run_end_to_end_writes_the_report(tmp_path: Path, lab_file: str) -> None
         assert (run_dir / name).exists(), name
     results = pd.read_parquet(run_dir / "results.parquet")
     verdicts = results[results["metric"] == "verdict"]
-    assert sorted(verdicts["case"]) == ["cluster_policy_snats", "local_policy_keeps_client_ip"]
-    assert set(verdicts["verdict"]) == {"pass"}
+    assert set(verdicts["scenario"]) == SCENARIOS
+    skipped = verdicts[verdicts["verdict"] == "skip"]
+    assert set(skipped["scenario"]) <= ONLY_ELSEWHERE | {"session_affinity"}
+    assert all(skipped["detail"].str.len() > 0), "every skip states its reason"
+    passed = verdicts[verdicts["verdict"] == "pass"]
+    assert len(passed) + len(skipped) == len(verdicts)
     mode = data["dataplane"]["proxy_mode"]
     assert set(results["lab"]) == {"kltest"} and set(results["proxy_mode"]) == {mode}
     assert set(results["cni_mode"]) == {data["dataplane"]["pod_network"]}
+    spread = results[results["metric"] == "spread_p_value"]
+    assert len(spread) == 1 and "n=1200" in spread["detail"].iloc[0]
+    failover = results[(results["scenario"] == "failover") & (results["metric"] == "failed_probes")]
+    assert len(failover) == 6
     samples = pd.read_parquet(run_dir / "samples.parquet")
-    assert len(samples) == 600 and samples["ok"].all()
+    assert len(samples) > 1000 and {"scenario", "case", "pod", "client_ip"} <= set(samples)
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert provenance["spec"]["name"] == "kltest" and provenance["seeds"] == {"lab": 1}
     assert provenance["kernel"] == os.uname().release and provenance["tools"]["iptables"]
     html = report.read_text()
-    assert "2/2 cases passed" in html and "<svg" in html
+    assert f"{len(passed)}/{len(verdicts)} cases passed" in html and "<svg" in html
     assert leftovers("kltest") == []
-    print(f"kubelab run took {elapsed:.1f}s")  # shown with -s; a benchmark, not an assertion
+    print(f"kubelab run {lab_file} took {elapsed:.1f}s")  # shown with -s; not an assertion
+
+
+def test_run_k_selects_scenarios_on_the_vxlan_lab(tmp_path: Path) -> None:
+    proc, _ = run_lab_file(tmp_path, "local-vxlan.yaml", "-k", "source_ip")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    results = pd.read_parquet(Path(proc.stdout.strip().splitlines()[-1]).parent
+                              / "results.parquet")
+    assert set(results["scenario"]) == {"source_ip"}
+    assert set(results["cni_mode"]) == {"vxlan"}
 
 
 @pytest.mark.skipif(Path("/proc/net/ip_vs").exists(), reason="this kernel has ip_vs")
@@ -127,6 +155,8 @@ def test_ctrl_c_at_any_point_leaves_nothing(spec_file: Path, tmp_path: Path, del
             str(ROOT / "scenarios"),
             "--reports",
             str(tmp_path / "reports"),
+            "-k",
+            "source_ip and policy",
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -147,6 +177,8 @@ def test_ctrl_c_at_any_point_leaves_nothing(spec_file: Path, tmp_path: Path, del
         str(ROOT / "scenarios"),
         "--reports",
         str(tmp_path / "reports2"),
+        "-k",
+        "source_ip and policy",
     )
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert leftovers("kltest") == []

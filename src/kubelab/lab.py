@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -426,6 +427,21 @@ class Lab:
 
     def dump_rules(self, node: str) -> str:
         return self.dataplane.dump_rules(node)
+
+    def clear_time_wait(self, port: int) -> int:
+        """Delete TCP conntrack entries in TIME_WAIT for destination `port` on every node;
+        returns how many there were. A new connection that reuses the 5-tuple of such an
+        entry reopens it and keeps its old NAT decision, whatever the rules say now; a
+        scenario that needs every probe to be a new flow clears them first."""
+        cleared = 0
+        for node in self.topology.nodes:
+            result = self.exec(
+                node.name,
+                ["conntrack", "-D", "-p", "tcp", "--dport", str(port), "--state", "TIME_WAIT"],
+            )
+            match = re.search(r"(\d+) flow entries have been deleted", result.stderr)
+            cleared += int(match.group(1)) if match else 0
+        return cleared
 
     def node_addresses(self, node: str) -> set[str]:
         return self.dataplane.node_addresses(node)
