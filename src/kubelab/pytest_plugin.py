@@ -250,11 +250,13 @@ class Resources:
         return key
 
     def clean(self) -> None:
-        self.lab.settle()
-        if self._services:
-            self.lab.delete_services([k for k in self._services if k in self.lab.services])
-        for name in self._workloads:
-            self.lab.delete_workload(name)
+        try:
+            self.lab.settle()
+            if self._services:
+                self.lab.delete_services([k for k in self._services if k in self.lab.services])
+        finally:
+            for name in self._workloads:
+                self.lab.delete_workload(name)
 
 
 @pytest.fixture

@@ -5,8 +5,13 @@ it starts `python -m kubelab.traffic.locust_worker --config FILE` in the client'
 
 One task = one probe: GET /hostname, then GET /clientip on the SAME connection (the user's
 pool holds one connection), so both answers come from the same pod. With new_connection the
-second request carries `Connection: close`, so every probe opens a new connection and the
+client closes the connection after the probe, so every probe opens a new one and the
 kernel balances it afresh; without it the connection is kept alive across probes.
+
+The client, not the pod, closes: the closing side keeps the 5-tuple in TIME_WAIT for a
+minute. Were it the pod, the random SNAT ports of later probes would now and then land on
+such a tuple and the pod would drop the SYN (a real-cluster effect worth its own scenario,
+but noise in every other measurement).
 
 Bounded three ways, all stopping by themselves: users, duration, probe count.
 """
@@ -59,19 +64,21 @@ class ProbeUser(FastHttpUser):
             "client_port": None,
             "error": None,
         }
-        close = {"Connection": "close"} if CONFIG["new_connection"] else {}
         try:
             with self.client.get("/hostname", catch_response=True) as r1:
                 if r1.status_code != 200:
                     raise RuntimeError(f"/hostname: HTTP {r1.status_code} {r1.error or ''}")
                 pod = r1.text.strip()
-            with self.client.get("/clientip", headers=close, catch_response=True) as r2:
+            with self.client.get("/clientip", catch_response=True) as r2:
                 if r2.status_code != 200:
                     raise RuntimeError(f"/clientip: HTTP {r2.status_code} {r2.error or ''}")
                 ip, _, port = r2.text.strip().rpartition(":")
             sample.update(ok=True, pod=pod, client_ip=ip, client_port=int(port))
         except Exception as exc:  # a failed probe is a measurement, not a crash
             sample["error"] = str(exc)[:200]
+        finally:
+            if CONFIG["new_connection"]:
+                self.client.client.close()  # the client closes first (see the module doc)
         sample["latency_ms"] = (time.perf_counter() - t0) * 1000.0
         SAMPLES.append(sample)
 

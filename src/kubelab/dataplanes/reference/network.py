@@ -14,9 +14,11 @@ bridge CNI plugin's `hairpinMode: true`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
 
 from kubelab import netns_util
@@ -59,7 +61,13 @@ def forget_neighbour(pod: PodInfo, node: NodeInfo) -> None:
     with IPRoute(netns=node.netns) as ipr:
         bridge = ipr.link_lookup(ifname=POD_BRIDGE)[0]
         for entry in ipr.get_neighbours(dst=str(pod.ip), ifindex=bridge):
-            ipr.neigh("del", dst=str(pod.ip), ifindex=bridge, lladdr=entry.get_attr("NDA_LLADDR"))
+            if entry.get_attr("NDA_DST") != str(pod.ip):
+                continue
+            try:
+                ipr.neigh("del", dst=str(pod.ip), ifindex=bridge)
+            except NetlinkError as exc:
+                if exc.code != errno.ENOENT:  # gone already: the kernel expired it
+                    raise
 
 
 def build_pod(pod: PodInfo, node: NodeInfo, mode: str) -> None:
