@@ -145,15 +145,78 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 1 if differences else 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from kubelab.report.html import render
+def cmd_bench(args: argparse.Namespace) -> int:
+    from kubelab.bench.runner import run_scale, supported_modes
+    from kubelab.bench.scale import ScaleConfig
 
-    run_dir = Path(args.run_dir)
+    if args.kind != "scale":
+        from kubelab.bench.runner import run_bench
+
+        modes = args.modes.split(",") if args.modes else supported_modes()
+        if sorted(set(modes) - {"iptables", "nftables", "ipvs"}):
+            raise SpecError("--modes takes iptables,nftables,ipvs")
+        if not 1 <= args.seconds <= 600 or not 1 <= args.users <= 500 or not 1 <= args.trials <= 50:
+            raise SpecError("--seconds takes 1..600, --users 1..500, --trials 1..50")
+        report = run_bench(
+            args.kind, modes, Path(args.reports), _step, args.seconds, args.users, args.trials
+        )
+        console.print(f"report: {report}")
+        print(report)
+        return 0
+    try:
+        sizes = [int(x) for x in args.sizes.split(",")]
+        modes = args.modes.split(",") if args.modes else supported_modes()
+    except ValueError:
+        raise SpecError("--sizes: use numbers separated by commas, e.g. 100,1000,5000") from None
+    unknown = sorted(set(modes) - {"iptables", "nftables", "ipvs"})
+    if unknown or any(n < 1 or n > 50_000 for n in sizes):
+        raise SpecError("--modes takes iptables,nftables,ipvs; --sizes 1..50000 each")
+    if not 1 <= args.endpoints <= 100 or not 10 <= args.budget <= 7200:
+        raise SpecError("--endpoints takes 1..100 and --budget 10..7200 seconds")
+    config = ScaleConfig(
+        modes=modes,
+        sizes=sorted(sizes),
+        endpoints=args.endpoints,
+        budget_s=args.budget,
+        connects=args.connects,
+    )
+    report = run_scale(config, Path(args.reports), _step)
+    console.print(f"report: {report}")
+    print(report)
+    return 0
+
+
+def _run_dir(arg: str) -> Path:
+    run_dir = Path(arg)
     if not (run_dir / "provenance.json").exists():
         raise SpecError(
             f"{run_dir}: not a run directory (no provenance.json); pass reports/<run-id>"
         )
-    print(render(run_dir))
+    return run_dir
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from kubelab.report import compare
+    from kubelab.report.html import render
+
+    words = args.args
+    if words[:1] == ["compare"]:
+        runs = [_run_dir(a) for a in words[1:]]
+        if len(runs) < 2:
+            raise SpecError("report compare needs two or more run folders")
+        print(compare.render_compare(runs, Path(args.out or runs[0]), args.tolerance))
+    elif words[:1] == ["history"]:
+        if len(words) != 2 or not args.into:
+            raise SpecError("usage: kubelab report history RUN_DIR --into HISTORY.parquet")
+        compare.append_history(_run_dir(words[1]), Path(args.into))
+        print(compare.render_history(Path(args.into)))
+    elif len(words) == 1:
+        print(render(_run_dir(words[0])))
+    else:
+        raise SpecError(
+            "usage: kubelab report RUN_DIR | compare RUN_DIR... | history RUN_DIR "
+            "--into HISTORY.parquet"
+        )
     return 0
 
 
@@ -204,8 +267,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="warn about DNAT targets outside these ranges (repeatable)",
     )
     p.set_defaults(func=cmd_audit)
-    p = sub.add_parser("report", help="render report.html of a run folder again")
-    p.add_argument("run_dir")
+    p = sub.add_parser("bench", help="benchmarks: scale (rules, sync time, latency vs N)")
+    p.add_argument("kind", choices=["scale", "load", "failover"])
+    p.add_argument("--modes", help="proxy modes, comma separated (default: all this kernel has)")
+    p.add_argument("--sizes", default="100,1000,5000,10000", help="Service counts N")
+    p.add_argument("--endpoints", type=int, default=10, help="endpoints per Service (M)")
+    p.add_argument("--budget", type=float, default=300, help="seconds; stops cleanly before")
+    p.add_argument("--connects", type=int, default=200, help="connections per latency sample")
+    p.add_argument("--seconds", type=float, default=10, help="load: seconds per generator run")
+    p.add_argument("--users", type=int, default=20, help="load: Locust users / wrk connections")
+    p.add_argument("--trials", type=int, default=5, help="failover: trials per action")
+    p.add_argument("--reports", default="reports", help="where run folders go")
+    p.set_defaults(func=cmd_bench)
+    p = sub.add_parser(
+        "report",
+        help="render a run's report; compare runs; append to history",
+        description="kubelab report RUN_DIR | compare RUN_DIR RUN_DIR... "
+        "[--out DIR] [--tolerance 0.2] | history RUN_DIR --into HISTORY.parquet",
+    )
+    p.add_argument("args", nargs="+", metavar="RUN_DIR | compare RUN_DIR... | history RUN_DIR")
+    p.add_argument("--out", help="compare: where compare.html goes (default: the first run)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.2,
+        help="compare: relative worsening that counts as a regression",
+    )
+    p.add_argument("--into", help="history: the history parquet file to append to")
     p.set_defaults(func=cmd_report)
     return parser
 

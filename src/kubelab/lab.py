@@ -113,6 +113,7 @@ class Lab:
         self._last_host: dict[str, int] = {}  # node -> last pod address offset handed out
         self.workloads: dict[str, WorkloadSpec] = {w.name: w for w in spec.workloads}
         self.programming: list[ProgrammingEvent] = []
+        self.save_status = True  # benchmarks with 10,000s of Services turn this off
         self._lock = threading.RLock()
         self._timers: list[threading.Thread] = []
 
@@ -603,7 +604,7 @@ class Lab:
         return self.state_dir / "status.json"
 
     def _save_state(self) -> None:
-        if self.state_dir.exists():
+        if self.state_dir.exists() and self.save_status:
             tmp = self.state_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(self.status(), indent=1))
             os.replace(tmp, self.state_file)

@@ -114,8 +114,10 @@ def lab_session(request: pytest.FixtureRequest) -> Iterator[LabSession]:
     writer = ResultsWriter(run_dir, context)
     write_provenance(run_dir, spec, spec_path, context)
     lab.up()
+    session = LabSession(lab, writer)
+    config.stash[SESSION_KEY] = session  # so skips before `record` exists still get a row
     try:
-        yield LabSession(lab, writer)
+        yield session
     finally:
         lab.down()
 
@@ -289,6 +291,11 @@ def pytest_runtest_makereport(
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
     rec = item.stash.get(RECORD_KEY, None)
+    if rec is None and "record" in getattr(item, "fixturenames", ()):
+        session = item.config.stash.get(SESSION_KEY, None)
+        if session is None:
+            return
+        rec = CaseRecord(*case_ids(item), session.writer)  # skipped before `record` ran
     if rec is None:
         return
     if report.when == "call" or (report.when == "setup" and not report.passed):

@@ -150,7 +150,13 @@ def git_revision(cwd: Path) -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def write_provenance(run_dir: Path, spec: LabSpec, spec_path: str, context: RunContext) -> Path:
+def write_provenance(
+    run_dir: Path,
+    spec: LabSpec,
+    spec_path: str,
+    context: RunContext,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """provenance.json: what ran, on what, from which source, with which seeds."""
     data = {
         "run_id": context.run_id,
@@ -170,6 +176,7 @@ def write_provenance(run_dir: Path, spec: LabSpec, spec_path: str, context: RunC
             "openssh": _version(["ssh", "-V"]),
         },
         "host": platform.node(),
+        **(extra or {}),
     }
     path = run_dir / "provenance.json"
     path.write_text(json.dumps(data, indent=2))

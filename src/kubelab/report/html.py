@@ -1,4 +1,5 @@
-"""report.html: rendered from results.parquet, samples.parquet and provenance.json only."""
+"""report.html, report.md and results.csv: rendered from results.parquet, samples.parquet
+and provenance.json only, never computed anywhere else."""
 
 from __future__ import annotations
 
@@ -10,9 +11,28 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
-from kubelab.report.plots import pods_by_source_ip
+from kubelab.report import plots
 
-RAW_FILES = ("results.parquet", "samples.parquet", "provenance.json", "junit.xml")
+RAW_FILES = (
+    "results.parquet",
+    "results.csv",
+    "samples.parquet",
+    "provenance.json",
+    "junit.xml",
+    "report.md",
+)
+EMPTY_RESULTS = [
+    "run_id",
+    "lab",
+    "proxy_mode",
+    "scenario",
+    "case",
+    "metric",
+    "value",
+    "unit",
+    "verdict",
+    "detail",
+]
 
 
 def summary_line(verdicts: pd.DataFrame) -> str:
@@ -27,38 +47,49 @@ def summary_line(verdicts: pd.DataFrame) -> str:
 
 
 def load_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    results = (
-        pd.read_parquet(run_dir / "results.parquet")
-        if (run_dir / "results.parquet").exists()
-        else pd.DataFrame(
-            columns=["scenario", "case", "metric", "value", "unit", "verdict", "detail"]
-        )
-    )
-    samples = (
-        pd.read_parquet(run_dir / "samples.parquet")
-        if (run_dir / "samples.parquet").exists()
-        else pd.DataFrame()
-    )
+    path = run_dir / "results.parquet"
+    results = pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=EMPTY_RESULTS)
+    path = run_dir / "samples.parquet"
+    samples = pd.read_parquet(path) if path.exists() else pd.DataFrame()
     provenance = json.loads((run_dir / "provenance.json").read_text())
     return results, samples, provenance
 
 
-def render(run_dir: Path) -> Path:
-    results, samples, prov = load_run(run_dir)
+def verdict_matrix(results: pd.DataFrame, column: str = "lab") -> pd.DataFrame:
+    """scenario/case x lab (or run): the verdict of each case in each."""
     verdicts = results[results["metric"] == "verdict"]
+    if verdicts.empty:
+        return pd.DataFrame()
+    return verdicts.pivot_table(
+        index=["scenario", "case"], columns=column, values="verdict", aggfunc="last"
+    )
+
+
+def _matrix_html(matrix: pd.DataFrame) -> Markup:
+    if matrix.empty:
+        return Markup("<p>no verdicts</p>")
+    styled = matrix.fillna("").map(lambda v: f'<span class="{v}">{v.upper()}</span>' if v else "")
+    return Markup(styled.to_html(escape=False, table_id="verdict-matrix", border=0))
+
+
+def _case_sections(results: pd.DataFrame, samples: pd.DataFrame) -> list[dict[str, Any]]:
     cases = []
-    for (scenario, case), rows in results.groupby(["scenario", "case"], sort=False):
+    scenario_rows = results[~results["scenario"].str.startswith("bench_")]
+    for (scenario, case), rows in scenario_rows.groupby(["scenario", "case"], sort=False):
         metrics = rows[rows["metric"] != "verdict"][["metric", "value", "unit", "detail"]]
-        case_samples = (
+        mine = (
             samples[(samples["scenario"] == scenario) & (samples["case"] == case)]
             if not samples.empty
             else samples
         )
-        plot = (
-            pods_by_source_ip(case_samples, f"{scenario} / {case}")
-            if not case_samples.empty
-            else ""
-        )
+        figures = []
+        if not mine.empty:
+            change = rows.loc[rows["metric"] == "change_at", "value"]
+            if not change.empty:
+                figures.append(
+                    plots.failover_timeline(mine, float(change.iloc[-1]), f"{scenario} / {case}")
+                )
+            figures.append(plots.pods_by_source_ip(mine, f"{scenario} / {case}"))
         cases.append(
             {
                 "scenario": scenario,
@@ -70,10 +101,108 @@ def render(run_dir: Path) -> Path:
                         index=False, float_format="{:.4g}".format, classes="metrics", border=0
                     )
                 ),
-                "plot": Markup(plot),
-                "probes": len(case_samples),
+                "figures": [Markup(f) for f in figures],
+                "probes": len(mine),
             }
         )
+    return cases
+
+
+def _bench_section(results: pd.DataFrame) -> dict[str, Any] | None:
+    bench = results[(results["scenario"] == "bench_scale") & (results["metric"] != "verdict")]
+    if bench.empty:
+        return None
+    table = plots._bench_frame(results).pivot_table(
+        index=["proxy_mode", "n"], columns="metric", values="value", aggfunc="last"
+    )
+    keep = [
+        c
+        for c in (
+            "rules",
+            "chains",
+            "map_elements",
+            "full_sync",
+            "plain_restore",
+            "add_one_service",
+            "add_one_service_apply",
+            "remove_one_service",
+            "latency_first_service_p50",
+            "latency_last_service_p50",
+            "latency_nodeport_p50",
+            "rules_memory",
+        )
+        if c in table.columns
+    ]
+    skips = results[(results["scenario"] == "bench_scale") & (results["verdict"] == "skip")]
+    return {
+        "table": Markup(table[keep].to_html(float_format="{:.4g}".format, border=0)),
+        "figures": [
+            Markup(plots.scale_latency(results)),
+            Markup(
+                plots.scale_metric(
+                    results,
+                    ["full_sync", "plain_restore", "add_one_service", "add_one_service_apply"],
+                    "seconds",
+                    "Sync time vs number of Services",
+                )
+            ),
+            Markup(
+                plots.scale_metric(
+                    results, ["rules", "map_elements"], "count", "Rules vs number of Services"
+                )
+            ),
+        ],
+        "skips": skips[["case", "detail"]].to_dict("records"),
+    }
+
+
+def _bench_tables(results: pd.DataFrame) -> list[dict[str, Any]]:
+    """bench load / bench failover: one table each, case x metric."""
+    out = []
+    for scenario, title in (
+        ("bench_load", "Benchmark: load (Locust vs wrk)"),
+        ("bench_failover", "Benchmark: failover trials"),
+    ):
+        rows = results[(results["scenario"] == scenario) & (results["metric"] != "verdict")]
+        if rows.empty:
+            continue
+        table = rows.pivot_table(index="case", columns="metric", values="value", aggfunc="last")
+        notes = sorted({d for d in rows["detail"] if d and "CPU-bound" in d})
+        out.append(
+            {
+                "title": title,
+                "anchor": scenario.replace("_", "-"),
+                "table": Markup(table.to_html(float_format="{:.4g}".format, border=0)),
+                "notes": notes,
+            }
+        )
+    return out
+
+
+def render_markdown(results: pd.DataFrame, prov: dict[str, Any]) -> str:
+    verdicts = results[results["metric"] == "verdict"]
+    lines = [
+        f"# kubelab run {prov['run_id']}",
+        "",
+        f"**{summary_line(verdicts)}**",
+        "",
+        f"lab `{prov['spec']['name']}`, kernel {prov['kernel']}, "
+        f"git {prov.get('git_revision') or 'unknown'}",
+        "",
+        "| scenario | case | verdict | detail |",
+        "|---|---|---|---|",
+    ]
+    for v in verdicts.itertuples():
+        detail = str(v.detail).replace("|", "\\|").replace("\n", " ")[:300]
+        lines.append(f"| {v.scenario} | {v.case} | {str(v.verdict).upper()} | {detail} |")
+    return "\n".join(lines) + "\n"
+
+
+def render(run_dir: Path) -> Path:
+    results, samples, prov = load_run(run_dir)
+    results.to_csv(run_dir / "results.csv", index=False)
+    (run_dir / "report.md").write_text(render_markdown(results, prov))
+    verdicts = results[results["metric"] == "verdict"]
     env = Environment(
         loader=PackageLoader("kubelab.report", "templates"),
         autoescape=select_autoescape(["html", "j2"]),
@@ -81,8 +210,11 @@ def render(run_dir: Path) -> Path:
     page = env.get_template("report.html.j2").render(
         prov=prov,
         summary=summary_line(verdicts),
+        matrix=_matrix_html(verdict_matrix(results)),
         verdicts=verdicts.to_dict("records"),
-        cases=cases,
+        cases=_case_sections(results, samples),
+        bench=_bench_section(results),
+        bench_tables=_bench_tables(results),
         files=[f for f in RAW_FILES if (run_dir / f).exists()],
     )
     out = run_dir / "report.html"

@@ -42,3 +42,66 @@ def pods_by_source_ip(samples: pd.DataFrame, title: str) -> str:
         ax.tick_params(axis="x", labelrotation=30)
     ax.set_title(title, fontsize=10)
     return _svg(fig)
+
+
+def _bench_frame(results: pd.DataFrame) -> pd.DataFrame:
+    frame = results[(results["scenario"] == "bench_scale") & (results["metric"] != "verdict")]
+    frame = frame.assign(n=frame["case"].str.extract(r"N=(\d+)", expand=False).astype(int))
+    return frame
+
+
+def scale_latency(results: pd.DataFrame) -> str:
+    """First-connection latency p50 vs N (log x), per mode and target."""
+    frame = _bench_frame(results)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for (mode, metric), rows in frame[frame["metric"].str.match(r"latency_.*_p50")].groupby(
+        ["proxy_mode", "metric"]
+    ):
+        target = metric.removeprefix("latency_").removesuffix("_p50")
+        rows = rows.sort_values("n")
+        ax.plot(rows["n"], rows["value"], marker="o", label=f"{mode}: {target}")
+    ax.set_xscale("log")
+    ax.set_xlabel("Services (N)")
+    ax.set_ylabel("first-connection latency p50 (µs)")
+    ax.set_title("Connection setup cost vs number of Services", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _svg(fig)
+
+
+def scale_metric(results: pd.DataFrame, metrics: list[str], ylabel: str, title: str) -> str:
+    """Chosen metrics vs N (log-log), per mode."""
+    frame = _bench_frame(results)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for (mode, metric), rows in frame[frame["metric"].isin(metrics)].groupby(
+        ["proxy_mode", "metric"]
+    ):
+        rows = rows.sort_values("n")
+        ax.plot(rows["n"], rows["value"], marker="o", label=f"{mode}: {metric}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("Services (N)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _svg(fig)
+
+
+def failover_timeline(samples: pd.DataFrame, change_at: float, title: str) -> str:
+    """Probes and failures per second, the change marked at 0."""
+    ended = samples["t"] + samples["latency_ms"].fillna(0) / 1000.0
+    second = (ended - change_at).floordiv(1).astype(int)
+    per = (
+        pd.DataFrame({"second": second, "failed": ~samples["ok"]})
+        .groupby("second")
+        .agg(probes=("failed", "size"), failed=("failed", "sum"))
+    )
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    ax.bar(per.index, per["probes"], color="#9ecae1", label="probes")
+    ax.bar(per.index, per["failed"], color="#de2d26", label="failed")
+    ax.axvline(0, color="black", linestyle="--", linewidth=1)
+    ax.text(0.05, ax.get_ylim()[1] * 0.9, "change", fontsize=8)
+    ax.set_xlabel("seconds after the change")
+    ax.set_ylabel("per second")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return _svg(fig)

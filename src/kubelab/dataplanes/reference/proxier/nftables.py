@@ -17,6 +17,7 @@ in the same transaction (kernels >= 6.2 allow it; kube-proxy waits a second for 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -95,6 +96,7 @@ class NftablesProxier(Proxier):
 
     def __init__(self) -> None:
         self._applied: dict[str, NftRuleset] = {}  # node -> last ruleset loaded there
+        self.last_apply_seconds: float | None = None  # the last nft -f alone (benchmarks)
 
     # --- render -------------------------------------------------------------------------------
 
@@ -308,7 +310,9 @@ class NftablesProxier(Proxier):
         new = self.ruleset(services, ctx)
         old = self._applied.get(ctx.node)
         text = self.full_script(new) if old is None else self.delta_script(old, new)
+        started = time.perf_counter()
         self.apply(runner, text)
+        self.last_apply_seconds = time.perf_counter() - started
         self._applied[ctx.node] = new
         return text
 

@@ -1,0 +1,302 @@
+"""`kubelab bench scale`: how each proxy mode's cost grows with N Services x M endpoints.
+
+For each mode the kernel supports, one node, M real endpoint pods, and Services created in
+steps up to each N (every Service has the same M endpoints, so the rules hold N x M
+endpoint entries as kube-proxy would write them). At each N:
+- rule counts (iptables rules and chains; nftables rules, chains, map elements),
+- full-sync time (render + load), and for iptables a plain `iptables-restore` of the same
+  text in the same run, the baseline the reference proxier must match,
+- one-Service add and remove (network-programming latency; for nftables also the time of
+  the `nft -f` transaction alone),
+- kernel memory taken by the rules (MemAvailable before and after, rough),
+- first-connection latency p50/p90/p99 (sequential new TCP connects, bounded count) to the
+  first Service, the last Service and a NodePort.
+
+The run stops cleanly before a step whose predicted cost would pass the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kubelab.errors import LabError
+from kubelab.hosts import Runner
+from kubelab.lab import Lab, check_environment
+from kubelab.spec import LabSpec, ServiceSpec, parse_spec
+
+DEFAULT_SIZES = (100, 1000, 5000, 10000)
+NODE_PORT = 30080
+GROWTH = 1.3  # a step's cost is predicted as last_cost * (n / last_n) ** GROWTH
+
+Row = dict[str, Any]
+Progress = Callable[[str], None]
+
+_CONNECT = """
+import json, socket, time
+out = []
+for _ in range({count}):
+    s = socket.socket()
+    s.settimeout(2)
+    t = time.perf_counter()
+    try:
+        s.connect(({host!r}, {port}))
+        out.append((time.perf_counter() - t) * 1e6)
+    except OSError:
+        out.append(None)
+    finally:
+        s.close()
+print(json.dumps(out))
+"""
+
+
+@dataclass
+class ScaleConfig:
+    modes: list[str]
+    sizes: list[int] = field(default_factory=lambda: list(DEFAULT_SIZES))
+    endpoints: int = 10
+    budget_s: float = 300.0
+    connects: int = 200
+
+
+def bench_spec(mode: str, endpoints: int) -> LabSpec:
+    return parse_spec(
+        {
+            "name": f"klb{mode[:3]}",
+            "substrate": {"kind": "netns"},
+            "dataplane": {"kind": "reference", "proxy_mode": mode, "pod_network": "host-gw"},
+            "nodes": [{"name": "node1"}],
+            "workloads": [{"name": "echo", "pods_per_node": endpoints}],
+            "services": [
+                {
+                    "name": "np",
+                    "workload": "echo",
+                    "type": "NodePort",
+                    "ports": [
+                        {"name": "http", "port": 80, "target_port": 8080, "node_port": NODE_PORT}
+                    ],
+                }
+            ],
+        },
+        f"bench-{mode}",
+    )
+
+
+def connect_latencies(runner: Runner, host: str, port: int, count: int) -> list[float]:
+    """Microseconds per sequential new TCP connect from inside the member."""
+    result = runner.run(
+        ["python3", "-c", textwrap.dedent(_CONNECT.format(host=host, port=port, count=count))],
+        timeout=count * 2 + 30,
+    )
+    values = [v for v in json.loads(result.stdout) if v is not None]
+    if not values:
+        raise LabError(f"no connection to {host}:{port} succeeded")
+    return values
+
+
+def _counts(lab: Lab) -> dict[str, int]:
+    runner = lab.runner("node1")
+    if lab.dataplane.proxy_mode == "iptables":
+        dump = runner.run(["iptables-save"]).stdout
+        return {"rules": dump.count("\n-A "), "chains": dump.count("\n:")}
+    dump = runner.run(["nft", "-j", "list", "ruleset"]).stdout
+    doc = json.loads(dump)["nftables"]
+    elements = sum(len(o["map"].get("elem", [])) for o in doc if "map" in o)
+    return {
+        "rules": sum(1 for o in doc if "rule" in o),
+        "chains": sum(1 for o in doc if "chain" in o),
+        "map_elements": elements,
+    }
+
+
+def _mem_available_kb() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _spec(i: int) -> ServiceSpec:
+    return ServiceSpec.model_validate(
+        {
+            "name": f"svc-{i:05d}",
+            "workload": "echo",
+            "ports": [{"name": "http", "port": 80, "target_port": 8080}],
+        }
+    )
+
+
+def _timed(action: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    action()
+    return time.perf_counter() - t
+
+
+class ScaleBench:
+    def __init__(
+        self, config: ScaleConfig, emit: Callable[[list[Row]], None], progress: Progress
+    ) -> None:
+        self.config = config
+        self.emit = emit
+        self.progress = progress
+        self.started = time.monotonic()
+
+    def remaining(self) -> float:
+        return self.config.budget_s - (time.monotonic() - self.started)
+
+    def run(self) -> None:
+        for mode in self.config.modes:
+            spec = bench_spec(mode, self.config.endpoints)
+            try:
+                check_environment(spec)
+            except Exception as exc:  # a mode this kernel lacks: a skip with its reason
+                self.emit([self._row(mode, 0, "verdict", 0, "", "skip", str(exc))])
+                continue
+            lab = Lab(spec)
+            lab.save_status = False  # the status file would hold every Service, every sync
+            lab.up()
+            try:
+                self._mode(lab, mode)
+            finally:
+                lab.down()
+
+    def _row(
+        self,
+        mode: str,
+        n: int,
+        metric: str,
+        value: float,
+        unit: str = "",
+        verdict: str = "pass",
+        detail: str = "",
+    ) -> Row:
+        return {
+            "scenario": "bench_scale",
+            "case": f"{mode}/N={n}",
+            "metric": metric,
+            "value": float(value),
+            "unit": unit,
+            "verdict": verdict,
+            "detail": detail,
+            "proxy_mode": mode,
+        }
+
+    def _mode(self, lab: Lab, mode: str) -> None:
+        created = 0
+        last_cost: tuple[int, float] | None = None
+        for n in self.config.sizes:
+            if last_cost is not None:
+                predicted = last_cost[1] * (n / last_cost[0]) ** GROWTH
+                if predicted > self.remaining():
+                    self.progress(
+                        f"{mode}: stopping before N={n} (predicted {predicted:.0f}s, "
+                        f"{self.remaining():.0f}s of budget left)"
+                    )
+                    self.emit(
+                        [
+                            self._row(
+                                mode,
+                                n,
+                                "verdict",
+                                0,
+                                "",
+                                "skip",
+                                f"budget: N={n} predicted {predicted:.0f}s, "
+                                f"{self.remaining():.0f}s left",
+                            )
+                        ]
+                    )
+                    return
+            step_started = time.monotonic()
+            self.progress(f"{mode}: N={n} Services x {self.config.endpoints} endpoints")
+            before_kb = _mem_available_kb()
+            lab.create_services([_spec(i) for i in range(created, n)])
+            created = n
+            rows = self._measure(lab, mode, n, before_kb)
+            cost = time.monotonic() - step_started
+            rows.append(self._row(mode, n, "step_seconds", cost, "s"))
+            rows.append(self._row(mode, n, "verdict", 1))
+            self.emit(rows)
+            last_cost = (n, cost)
+
+    def _measure(self, lab: Lab, mode: str, n: int, before_kb: int) -> list[Row]:
+        rows = [self._row(mode, n, f"{k}", v, "count") for k, v in _counts(lab).items()]
+        rows.append(
+            self._row(
+                mode,
+                n,
+                "rules_memory",
+                (before_kb - _mem_available_kb()) / 1024,
+                "MB",
+                detail="MemAvailable drop, rough",
+            )
+        )
+        proxier = lab.dataplane.proxier  # type: ignore[attr-defined]
+        runner = lab.runner("node1")
+        if hasattr(proxier, "forget"):
+            proxier.forget()  # the next sync loads everything, as on a kube-proxy restart
+        full = _timed(lambda: lab.dataplane.sync(lab.service_states()))
+        rows.append(self._row(mode, n, "full_sync", full, "s", detail="render + load"))
+        if mode == "iptables":
+            from kubelab.dataplanes.reference.proxier.base import ProxierContext
+
+            ctx = ProxierContext("node1", lab.spec.network.pod_cidr)
+            text = proxier.render(lab.service_states(), ctx)
+            plain = _timed(lambda: runner.run(["iptables-restore"], input=text, timeout=600))
+            rows.append(
+                self._row(
+                    mode,
+                    n,
+                    "plain_restore",
+                    plain,
+                    "s",
+                    detail="iptables-restore of the same text alone",
+                )
+            )
+        added = lab.create_service(_spec(99_999))
+        rows.append(self._row(mode, n, "add_one_service", added.seconds, "s"))
+        if getattr(proxier, "last_apply_seconds", None) is not None:
+            rows.append(
+                self._row(
+                    mode,
+                    n,
+                    "add_one_service_apply",
+                    proxier.last_apply_seconds,
+                    "s",
+                    detail="the nft -f transaction alone",
+                )
+            )
+        removed = lab.delete_service("default/svc-99999")
+        rows.append(self._row(mode, n, "remove_one_service", removed.seconds, "s"))
+        pod = lab.running_pods("echo")[0].name
+        targets = {
+            "first_service": lab.clusterip_target("default/svc-00000"),
+            "last_service": lab.clusterip_target(f"default/svc-{n - 1:05d}"),
+        }
+        for label, (host, port) in targets.items():
+            rows += self._latency(
+                mode, n, label, connect_latencies(lab.runner(pod), host, port, self.config.connects)
+            )
+        host, port = lab.nodeport_target("default/np", "node1")
+        rows += self._latency(
+            mode,
+            n,
+            "nodeport",
+            connect_latencies(lab.runner("client"), host, port, self.config.connects),
+        )
+        return rows
+
+    def _latency(self, mode: str, n: int, label: str, values: list[float]) -> list[Row]:
+        p50, p90, p99 = np.percentile(values, [50, 90, 99])
+        detail = f"{len(values)} sequential new connections"
+        return [
+            self._row(mode, n, f"latency_{label}_p{q}", v, "us", detail=detail)
+            for q, v in (("50", p50), ("90", p90), ("99", p99))
+        ]
