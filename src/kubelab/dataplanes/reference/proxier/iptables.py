@@ -29,12 +29,11 @@ class _Table:
 
     name: str
     builtin: tuple[str, ...]
-    chains: list[str] = field(default_factory=list)
+    chains: dict[str, None] = field(default_factory=dict)  # an ordered set: O(1) membership
     rules: list[str] = field(default_factory=list)
 
     def chain(self, name: str) -> None:
-        if name not in self.chains:
-            self.chains.append(name)
+        self.chains.setdefault(name, None)
 
     def add(self, chain: str, *parts: str) -> None:
         self.rules.append(" ".join(["-A", chain, *[p for p in parts if p]]))

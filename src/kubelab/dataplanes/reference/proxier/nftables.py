@@ -85,6 +85,21 @@ class NftRuleset:
     def element(self, map_name: str, key: str, value: str) -> None:
         self.elements[map_name][key] = value
 
+    def merge(self, other: NftRuleset) -> None:
+        """Add a disjoint fragment (one Service's chains, elements and sets)."""
+        self.chains.update(other.chains)
+        for name, elements in other.elements.items():
+            self.elements[name].update(elements)
+        self.affinity_sets.update(other.affinity_sets)
+
+
+@dataclass(frozen=True)
+class _Fragment:
+    """One Service rendered for one node, and the state it was rendered from."""
+
+    source: ServiceState
+    rules: NftRuleset
+
 
 def _chain_header(name: str) -> str:
     kind, hook, prio = BASE_CHAINS[name]
@@ -95,12 +110,29 @@ class NftablesProxier(Proxier):
     mode: ClassVar[str] = "nftables"
 
     def __init__(self) -> None:
-        self._applied: dict[str, NftRuleset] = {}  # node -> last ruleset loaded there
+        # node -> Service key -> the fragment last loaded there
+        self._applied: dict[str, dict[str, _Fragment]] = {}
         self.last_apply_seconds: float | None = None  # the last nft -f alone (benchmarks)
 
     # --- render -------------------------------------------------------------------------------
 
     def ruleset(self, services: list[ServiceState], ctx: ProxierContext) -> NftRuleset:
+        rs = self.base()
+        for state in services:
+            rs.merge(self.fragment(state, ctx))
+        return rs
+
+    def fragment(self, state: ServiceState, ctx: ProxierContext) -> NftRuleset:
+        """The chains, map elements and sets of one Service; fragments never overlap."""
+        rs = NftRuleset()
+        if not state.service.headless:
+            for port in state.service.ports:
+                self._service_port(rs, state.service, port, state.endpoints_for(port), ctx)
+        return rs
+
+    @staticmethod
+    def base() -> NftRuleset:
+        """Everything that does not depend on the Services."""
         rs = NftRuleset()
         for name in BASE_CHAINS:
             rs.chains[name] = []
@@ -124,11 +156,6 @@ class NftablesProxier(Proxier):
             "services",
             f"fib daddr type local {no_local} meta l4proto . th dport vmap @service-nodeports",
         )
-        for state in services:
-            if state.service.headless:
-                continue
-            for port in state.service.ports:
-                self._service_port(rs, state.service, port, state.endpoints_for(port), ctx)
         return rs
 
     def _names(self, svc: Service, port: ServicePort) -> tuple[str, str, str]:
@@ -307,9 +334,30 @@ class NftablesProxier(Proxier):
             runner.run(["nft", "-f", "-"], input=text)
 
     def sync(self, runner: Runner, services: list[ServiceState], ctx: ProxierContext) -> str:
-        new = self.ruleset(services, ctx)
+        """Re-render only the Services whose state changed since this node's last sync and
+        send only their difference; the first sync (or after `forget`) loads everything."""
         old = self._applied.get(ctx.node)
-        text = self.full_script(new) if old is None else self.delta_script(old, new)
+        new: dict[str, _Fragment] = {}
+        for state in services:
+            previous = old.get(state.service.key) if old is not None else None
+            if previous is not None and previous.source == state:
+                new[state.service.key] = previous
+            else:
+                new[state.service.key] = _Fragment(state, self.fragment(state, ctx))
+        if old is None:
+            whole = self.base()
+            for fragment in new.values():
+                whole.merge(fragment.rules)
+            text = self.full_script(whole)
+        else:
+            before, after = NftRuleset(), NftRuleset()
+            for key in old.keys() | new.keys():
+                if old.get(key) is not new.get(key):
+                    if key in old:
+                        before.merge(old[key].rules)
+                    if key in new:
+                        after.merge(new[key].rules)
+            text = self.delta_script(before, after)
         started = time.perf_counter()
         self.apply(runner, text)
         self.last_apply_seconds = time.perf_counter() - started
@@ -317,5 +365,6 @@ class NftablesProxier(Proxier):
         return text
 
     def forget(self) -> None:
-        """The lab went down: the next sync of every node is a full one."""
+        """The lab went down, or a benchmark wants a full load: the next sync of every node
+        loads the whole table."""
         self._applied.clear()
