@@ -16,9 +16,11 @@ from conftest import ROOT
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 
-def bench(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], pd.DataFrame]:
+def bench(
+    tmp_path: Path, *args: str, kind: str = "scale"
+) -> tuple[subprocess.CompletedProcess[str], pd.DataFrame]:
     proc = subprocess.run(
-        [sys.executable, "-m", "kubelab.cli", "bench", "scale", "--reports", str(tmp_path), *args],
+        [sys.executable, "-m", "kubelab.cli", "bench", kind, "--reports", str(tmp_path), *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -27,6 +29,8 @@ def bench(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str],
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = Path(proc.stdout.strip().splitlines()[-1])
     results = pd.read_parquet(report.parent / "results.parquet")
+    if kind != "scale":
+        return proc, results
     return proc, results.assign(n=results["case"].str.extract(r"N=(\d+)", expand=False).astype(int))
 
 
@@ -82,17 +86,9 @@ def test_the_budget_stops_before_a_step_it_cannot_afford(tmp_path: Path) -> None
 
 
 def run_bench(tmp_path: Path, kind: str, *args: str) -> pd.DataFrame:
-    proc = subprocess.run(
-        [sys.executable, "-m", "kubelab.cli", "bench", kind, "--reports", str(tmp_path), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = Path(proc.stdout.strip().splitlines()[-1])
-    assert f'id="bench-{kind}"' in report.read_text()
-    return pd.read_parquet(report.parent / "results.parquet")
+    proc, results = bench(tmp_path, *args, kind=kind)
+    assert f'id="bench-{kind}"' in Path(proc.stdout.strip().splitlines()[-1]).read_text()
+    return results
 
 
 def test_load_measures_locust_against_wrk(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from kubelab.report import plots
+from kubelab.results import RESULT_COLUMNS
 
 RAW_FILES = (
     "results.parquet",
@@ -21,18 +22,6 @@ RAW_FILES = (
     "junit.xml",
     "report.md",
 )
-EMPTY_RESULTS = [
-    "run_id",
-    "lab",
-    "proxy_mode",
-    "scenario",
-    "case",
-    "metric",
-    "value",
-    "unit",
-    "verdict",
-    "detail",
-]
 
 
 def summary_line(verdicts: pd.DataFrame) -> str:
@@ -48,7 +37,7 @@ def summary_line(verdicts: pd.DataFrame) -> str:
 
 def load_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     path = run_dir / "results.parquet"
-    results = pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=EMPTY_RESULTS)
+    results = pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=RESULT_COLUMNS)
     path = run_dir / "samples.parquet"
     samples = pd.read_parquet(path) if path.exists() else pd.DataFrame()
     provenance = json.loads((run_dir / "provenance.json").read_text())
