@@ -15,7 +15,7 @@ from kubelab.lab import Lab
 from kubelab.pytest_plugin import CaseRecord, Traffic
 from scenario_helpers import SERVICE
 
-LOAD_S = 5.0
+LOAD_S = 6.0
 CHANGE_AFTER_S = 1.0
 
 

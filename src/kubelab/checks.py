@@ -79,16 +79,16 @@ def uniform_spread(
 class Failover:
     probes: int
     failed: int
-    blackout_s: float  # first failure -> last failure (0 with none)
-    recovery_s: float  # the change -> last failure (0 with none)
+    blackout_s: float  # first to last failed probe, by send time (0 with none)
+    recovery_s: float  # the change -> the last failed probe's send time (0 with none)
     per_second: pd.DataFrame  # second, probes, failed
 
 
 def failover_timeline(samples: pd.DataFrame, change_at: float) -> Failover:
-    """Failures per second around a change made at `change_at` (time.time()). A probe counts
-    when it ended (start + latency): a connection that hangs until its timeout fails late."""
-    ended = samples["t"] + samples["latency_ms"].fillna(0) / 1000.0
-    frame = samples.assign(t=ended, second=(ended - change_at).floordiv(1).astype(int))
+    """Failures per second around a change made at `change_at` (time.time()), by the time
+    each probe was sent: a probe sent during the switch that then hangs until its timeout
+    belongs to the switch, not to the second it gave up in."""
+    frame = samples.assign(second=(samples["t"] - change_at).floordiv(1).astype(int))
     per_second = (
         frame.groupby("second")
         .agg(probes=("ok", "size"), failed=("ok", lambda s: int((~s).sum())))
@@ -104,5 +104,7 @@ def failover_timeline(samples: pd.DataFrame, change_at: float) -> Failover:
 def record_failover(record: Recorder, outcome: Failover) -> None:
     record.metric("probes", outcome.probes, "count")
     record.metric("failed_probes", outcome.failed, "count")
-    record.metric("blackout_window", outcome.blackout_s, "s", "first to last failed probe")
-    record.metric("recovery_time", outcome.recovery_s, "s", "change to last failed probe")
+    record.metric(
+        "blackout_window", outcome.blackout_s, "s", "first to last failed probe, by send time"
+    )
+    record.metric("recovery_time", outcome.recovery_s, "s", "change to the last failed probe sent")
