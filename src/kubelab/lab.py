@@ -162,30 +162,19 @@ class Lab:
                 continue
             if record.phase == "Dead" and record.death_noticed:
                 continue  # the endpoints controller removed it
-            node_down = self.failed_nodes.get(pod.node, False)
-            if record.phase == "Terminating":
-                out.append(
-                    Endpoint(
-                        pod.ip,
-                        pod.port,
-                        pod.node,
-                        pod.name,
-                        ready=False,
-                        serving=not node_down,
-                        terminating=True,
-                    )
+            up = not self.failed_nodes.get(pod.node, False)
+            terminating = record.phase == "Terminating"
+            out.append(
+                Endpoint(
+                    pod.ip,
+                    pod.port,
+                    pod.node,
+                    pod.name,
+                    ready=up and not terminating,
+                    serving=up,
+                    terminating=terminating,
                 )
-            else:
-                out.append(
-                    Endpoint(
-                        pod.ip,
-                        pod.port,
-                        pod.node,
-                        pod.name,
-                        ready=not node_down,
-                        serving=not node_down,
-                    )
-                )
+            )
         return tuple(out)
 
     def service(self, key: str) -> Service:

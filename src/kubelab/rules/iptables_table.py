@@ -68,6 +68,11 @@ def service_name(comment: str | None) -> str | None:
     return name or None
 
 
+def _kind(comment: str | None, default: str) -> str:
+    """clusterip / externalip / loadbalancer, from kube-proxy's rule comment."""
+    return next((k for marker, k in KINDS_BY_COMMENT if comment and marker in comment), default)
+
+
 def _arg(rule: Rule, flag: str) -> str | None:
     args = rule.args
     for i, tok in enumerate(args[:-1]):
@@ -145,23 +150,8 @@ class IptablesReader:
             if rule.target == "KUBE-MARK-MASQ" and vip and port:
                 masq_offcluster.add((vip, proto, port))  # pre-1.20 layout
             elif (rule.target or "").startswith(SERVICE_CHAINS) and vip and port:
-                kind = next(
-                    (
-                        k
-                        for marker, k in KINDS_BY_COMMENT
-                        if rule.comment and rule.comment.endswith(marker)
-                    ),
-                    "clusterip",
-                )
-                front = self.table.add(
-                    Frontend(
-                        kind,
-                        vip,
-                        port,
-                        proto,
-                        service_name(rule.comment),
-                    )
-                )
+                kind = _kind(rule.comment, "clusterip")
+                front = self.table.add(Frontend(kind, vip, port, proto, service_name(rule.comment)))
                 if not front.endpoints and front.no_endpoints is None:
                     self._follow(rule.target or "", front, rule)
         for rule in self.chain("KUBE-NODEPORTS"):
@@ -236,23 +226,10 @@ class IptablesReader:
                 elif vip is None:
                     continue
                 else:
-                    kind = next(
-                        (
-                            k
-                            for marker, k in KINDS_BY_COMMENT
-                            if rule.comment and marker in rule.comment
-                        ),
-                        "clusterip" if chain == "KUBE-SERVICES" else "externalip",
+                    kind = _kind(
+                        rule.comment, "clusterip" if chain == "KUBE-SERVICES" else "externalip"
                     )
-                front = self.table.add(
-                    Frontend(
-                        kind,
-                        vip,
-                        port,
-                        proto,
-                        service_name(rule.comment),
-                    )
-                )
+                front = self.table.add(Frontend(kind, vip, port, proto, service_name(rule.comment)))
                 front.no_endpoints = verdict  # type: ignore[assignment]
                 if "has no local endpoints" in (rule.comment or ""):
                     front.local_only = True
