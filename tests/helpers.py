@@ -18,15 +18,6 @@ def bodies(results: list[dict[str, Any]]) -> list[str]:
     return [r["body"] for r in results]
 
 
-def udp_ask(
-    lab: Lab,
-    member: str,
-    host: str,
-    port: int,
-    message: str,
-    count: int = 1,
-    sport: int = 40000,
-    timeout: float = 1.0,
-    pause: float = 0.0,
-) -> list[str | None]:
-    return inline.udp_ask(lab.runner(member), host, port, message, count, sport, timeout, pause)
+def udp_ask(lab: Lab, member: str, *args: Any, **kwargs: Any) -> list[str | None]:
+    """inline.udp_ask from inside `member`."""
+    return inline.udp_ask(lab.runner(member), *args, **kwargs)

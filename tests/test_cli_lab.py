@@ -85,6 +85,22 @@ SCENARIOS = {
 ONLY_ELSEWHERE = {"dns", "network_policy"}  # need a real cluster: skipped with a reason
 
 
+QUICK = "source_ip and policy"  # the two source-IP cases: enough to interrupt and rerun
+
+
+def run_args(spec_file: Path, reports: Path, *extra: str) -> list[str]:
+    """`kubelab run` of a spec with the repository's scenarios into `reports`."""
+    return [
+        "run",
+        str(spec_file),
+        "--scenarios",
+        str(ROOT / "scenarios"),
+        "--reports",
+        str(reports),
+        *extra,
+    ]
+
+
 def run_lab_file(
     tmp_path: Path, lab_file: str, *extra: str
 ) -> tuple[subprocess.CompletedProcess[str], dict]:
@@ -92,16 +108,7 @@ def run_lab_file(
     data["name"] = "kltest"
     spec_file = tmp_path / "kltest.yaml"
     spec_file.write_text(yaml.safe_dump(data))
-    proc = kubelab(
-        "run",
-        str(spec_file),
-        "--scenarios",
-        str(ROOT / "scenarios"),
-        "--reports",
-        str(tmp_path / "reports"),
-        *extra,
-        timeout=600,
-    )
+    proc = kubelab(*run_args(spec_file, tmp_path / "reports", *extra), timeout=600)
     return proc, data
 
 
@@ -167,14 +174,7 @@ def test_ctrl_c_at_any_point_leaves_nothing(spec_file: Path, tmp_path: Path, del
             sys.executable,
             "-m",
             "kubelab.cli",
-            "run",
-            str(spec_file),
-            "--scenarios",
-            str(ROOT / "scenarios"),
-            "--reports",
-            str(tmp_path / "reports"),
-            "-k",
-            "source_ip and policy",
+            *run_args(spec_file, tmp_path / "reports", "-k", QUICK),
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -188,15 +188,6 @@ def test_ctrl_c_at_any_point_leaves_nothing(spec_file: Path, tmp_path: Path, del
     assert proc.returncode in (0, 1, 130), out.decode()[-2000:]
     assert leftovers("kltest") == [], out.decode()[-2000:]
     # and the next run works
-    again = kubelab(
-        "run",
-        str(spec_file),
-        "--scenarios",
-        str(ROOT / "scenarios"),
-        "--reports",
-        str(tmp_path / "reports2"),
-        "-k",
-        "source_ip and policy",
-    )
+    again = kubelab(*run_args(spec_file, tmp_path / "reports2", "-k", QUICK))
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert leftovers("kltest") == []
