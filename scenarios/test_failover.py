@@ -72,7 +72,9 @@ def test_failover_under_load(
     outcome = failover_timeline(run.samples, change_at)
     record_failover(record, outcome)
     record.metric("change_at", change_at, "epoch s", "when the change was made")
-    record.metric("detection_delay", lab.detection_delay, "s", f"{action} {victim}")
+    record.metric(
+        "detection_delay", lab.spec.dataplane.endpoint_detection_delay_s, "s", f"{action} {victim}"
+    )
     before = outcome.per_second[outcome.per_second["second"] < 0]
     record.expect(
         not before.empty and before["probes"].sum() > 0,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from kubelab.lab import Lab
 from kubelab.pytest_plugin import CaseRecord, Resources
+from kubelab.traffic.outcomes import Outcome
 from scenario_helpers import clusterip_url, failures, get_from
 
 REFUSE_WITHIN_S = 1.0
@@ -25,12 +26,15 @@ def test_no_endpoints_is_refused_at_once(
     caller = lab.running_pods("echo")[0].name
     for member, url in (
         (caller, clusterip_url(lab, key)),
-        ("client", "http://{}:{}/".format(*lab.nodeport_target(key, lab.topology.nodes[0].name))),
+        (
+            lab.topology.client.name,
+            "http://{}:{}/".format(*lab.nodeport_target(key, lab.topology.nodes[0].name)),
+        ),
     ):
         results = get_from(lab, member, url, 3, timeout=3.0)
         slowest = max(r["s"] for r in results)
         record.metric(f"refusal_time_from_{member}", slowest, "s")
-        refused = [r for r in results if "ConnectionRefused" in r.get("error", "")]
+        refused = [r for r in results if r["outcome"] == Outcome.REFUSED]
         record.expect(
             len(refused) == 3,
             f"{member}: expected 3 refused connections to {url}, "
@@ -56,18 +60,20 @@ def test_local_without_local_endpoints_drops(
         ports=[{"name": "http", "port": 80, "target_port": 8080, "node_port": 30094}],
     )
     host, port = lab.nodeport_target(key, nodes[-1])
-    results = get_from(lab, "client", f"http://{host}:{port}/", 2, timeout=CLIENT_TIMEOUT_S)
+    results = get_from(
+        lab, lab.topology.client.name, f"http://{host}:{port}/", 2, timeout=CLIENT_TIMEOUT_S
+    )
     record.metric(
         "drop_wait", max(r["s"] for r in results), "s", f"client timeout {CLIENT_TIMEOUT_S}s"
     )
     record.expect(
-        all("timed out" in e for e in failures(results)) and len(failures(results)) == 2,
+        [r["outcome"] for r in results] == [Outcome.TIMEOUT] * 2,
         f"{nodes[-1]} has no local endpoint: expected timeouts (DROP), got "
         f"{[r.get('error', r.get('body')) for r in results]}",
     )
     host, port = lab.nodeport_target(key, nodes[0])
     record.expect(
-        not failures(get_from(lab, "client", f"http://{host}:{port}/hostname")),
+        not failures(get_from(lab, lab.topology.client.name, f"http://{host}:{port}/hostname")),
         f"{nodes[0]} has the endpoint but its NodePort failed",
     )
     record.verdict()

@@ -47,7 +47,7 @@ def test_client_ip_pins_and_the_timeout_expires(
     key = _sticky(resources, "ClientIP")
     firsts = []
     for i in range(ROUNDS):
-        results = get_from(lab, "client", _url(lab, key), 16)
+        results = get_from(lab, lab.topology.client.name, _url(lab, key), 16)
         names = answers(results)
         record.expect(not failures(results), f"round {i}: {len(failures(results))} failed")
         pinned = len(set(names[1:])) == 1
@@ -81,7 +81,7 @@ def test_client_ip_pins_and_the_timeout_expires(
 
 def test_none_spreads(lab: Lab, resources: Resources, record: CaseRecord) -> None:
     key = _sticky(resources, "None")
-    names = answers(get_from(lab, "client", _url(lab, key), 16))
+    names = answers(get_from(lab, lab.topology.client.name, _url(lab, key), 16))
     record.metric("distinct_pods", len(set(names)), "pods", "of 16 requests")
     record.expect(len(set(names)) > 1, "without affinity all 16 requests reached one pod")
     record.verdict()

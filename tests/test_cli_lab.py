@@ -43,7 +43,7 @@ def test_up_status_exec_down(spec_file: Path) -> None:
         status = json.loads(kubelab("status", str(spec_file), "--json").stdout)
         assert status["up"] is True
         assert [n["name"] for n in status["nodes"]] == ["node1", "node2", "node3"]
-        assert status["client"]["netns"] == "kl-kltest-client"
+        assert status["client"]["location"] == "netns kl-kltest-client"
         assert len(status["pods"]) == 6 and all(p["netns"] for p in status["pods"])
         svc = status["services"][0]
         assert svc["name"] == "default/echo" and svc["ports"][0]["node_port"] == 30080

@@ -10,9 +10,14 @@ import testinfra
 
 from conftest import host_network_snapshot, leftovers, test_spec
 from kubelab.lab import Lab
+from kubelab.naming import member_dir
 from kubelab.traffic.runner import ProbePlan, run_probes
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
+
+
+def workdir(lab: Lab) -> str:
+    return member_dir(lab.spec.lab_id, "client")
 
 
 def test_down_leaves_nothing_and_the_host_untouched() -> None:
@@ -20,7 +25,7 @@ def test_down_leaves_nothing_and_the_host_untouched() -> None:
     lab = Lab(test_spec())
     lab.up()
     run = run_probes(
-        lab.runner("client"), ProbePlan("192.168.56.11", 30080, max_probes=30), lab.state_dir
+        lab.runner("client"), ProbePlan("192.168.56.11", 30080, max_probes=30), workdir(lab)
     )
     assert run.samples["ok"].all()
     testinfra.get_host("ssh://node1", ssh_config=str(lab.ssh_config)).check_output("true")
@@ -44,7 +49,7 @@ def test_up_removes_what_a_crashed_run_left() -> None:
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert "kl-kltest-stray" not in listed
         run = run_probes(
-            lab.runner("client"), ProbePlan("192.168.56.12", 30080, max_probes=30), lab.state_dir
+            lab.runner("client"), ProbePlan("192.168.56.12", 30080, max_probes=30), workdir(lab)
         )
         assert run.samples["ok"].all()
     finally:

@@ -11,6 +11,7 @@ import pytest
 import testinfra
 
 from kubelab.lab import Lab
+from kubelab.naming import member_dir
 from kubelab.traffic.runner import ProbePlan, run_probes
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -36,7 +37,8 @@ def http_get_many(lab: Lab, member: str, url: str, count: int) -> list[str]:
 def test_every_member_is_a_namespace_with_its_address(running_lab: Lab) -> None:
     topo = running_lab.topology
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    for ns in topo.all_netns():
+    members = [*topo.nodes, topo.client, *topo.pods]
+    for ns in [f"kl-kltest-{m.name}" for m in members] + ["kl-kltest-fabric"]:
         assert ns in listed
     for node in topo.nodes:
         r = running_lab.exec(node.name, ["cat", "/proc/sys/net/ipv4/ip_forward"])
@@ -134,7 +136,7 @@ def test_nodeport_with_each_external_traffic_policy(running_lab: Lab, policy: st
         run = run_probes(
             running_lab.runner("client"),
             ProbePlan(str(node.ip), 30080, max_probes=120, users=4),
-            running_lab.state_dir,
+            member_dir("kltest", "client"),
         )
         frame = run.samples
         assert len(frame) == 120 and frame["ok"].all(), frame["error"].dropna().head()

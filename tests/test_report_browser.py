@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from kubelab.report.html import render
-from kubelab.results import ResultsWriter, RunContext, write_provenance
+from kubelab.results import ResultRow, ResultsWriter, RunContext, Verdict, write_provenance
 from kubelab.spec import load_spec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -49,33 +49,13 @@ def run_dir(tmp_path: Path) -> Path:
     write_provenance(writer.run_dir, spec, "labs/local.yaml", context)
     writer.add_rows(
         [
-            {
-                "scenario": "source_ip",
-                "case": "cluster_policy_snats",
-                "metric": "probes",
-                "value": 4,
-                "unit": "count",
-                "verdict": "pass",
-                "detail": "",
-            },
-            {
-                "scenario": "source_ip",
-                "case": "cluster_policy_snats",
-                "metric": "verdict",
-                "value": 1,
-                "unit": "",
-                "verdict": "pass",
-                "detail": "",
-            },
-            {
-                "scenario": "dns",
-                "case": "service_names_resolve",
-                "metric": "verdict",
-                "value": 0,
-                "unit": "",
-                "verdict": "skip",
-                "detail": "needs CoreDNS",
-            },
+            ResultRow(
+                "source_ip", "cluster_policy_snats", "probes", 4, "count", Verdict("pass"), ""
+            ),
+            ResultRow("source_ip", "cluster_policy_snats", "verdict", 1, "", Verdict("pass"), ""),
+            ResultRow(
+                "dns", "service_names_resolve", "verdict", 0, "", Verdict("skip"), "needs CoreDNS"
+            ),
         ]
     )
     samples = pd.DataFrame(

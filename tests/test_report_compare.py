@@ -11,7 +11,7 @@ import pandas as pd
 
 from conftest import LOCAL_SPEC, ROOT
 from kubelab.report.compare import append_history, compare_table, render_compare
-from kubelab.results import ResultsWriter, RunContext, write_provenance
+from kubelab.results import ResultRow, ResultsWriter, RunContext, Verdict, write_provenance
 from kubelab.spec import load_spec
 
 
@@ -21,33 +21,11 @@ def make_run(root: Path, run_id: str, mode: str, latency: float, verdict: str) -
     write_provenance(writer.run_dir, load_spec(LOCAL_SPEC), "labs/local.yaml", context)
     writer.add_rows(
         [
-            {
-                "scenario": "clusterip",
-                "case": "spread",
-                "metric": "latency_p50",
-                "value": latency,
-                "unit": "ms",
-                "verdict": verdict,
-                "detail": "",
-            },
-            {
-                "scenario": "clusterip",
-                "case": "spread",
-                "metric": "spread_p_value",
-                "value": 0.5,
-                "unit": "p",
-                "verdict": verdict,
-                "detail": "",
-            },
-            {
-                "scenario": "clusterip",
-                "case": "spread",
-                "metric": "verdict",
-                "value": float(verdict == "pass"),
-                "unit": "",
-                "verdict": verdict,
-                "detail": "",
-            },
+            ResultRow("clusterip", "spread", "latency_p50", latency, "ms", Verdict(verdict), ""),
+            ResultRow("clusterip", "spread", "spread_p_value", 0.5, "p", Verdict(verdict), ""),
+            ResultRow(
+                "clusterip", "spread", "verdict", float(verdict == "pass"), "", Verdict(verdict), ""
+            ),
         ]
     )
     return writer.run_dir

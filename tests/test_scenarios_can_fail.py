@@ -20,9 +20,9 @@ from kubelab.dataplanes.reference.proxier import Proxier, ProxierContext
 from kubelab.hosts import Runner
 from kubelab.lab import Lab
 from kubelab.model import ServiceState
-from kubelab.pytest_plugin import run_context
 from kubelab.results import ResultsWriter
 from kubelab.run import run_scenarios
+from kubelab.runs import context_for
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -36,9 +36,11 @@ class SabotagedProxier(Proxier):
     def __init__(
         self, inner: Proxier, text: TextSabotage | None, states: StateSabotage | None
     ) -> None:
+        super().__init__()
         self.inner = inner
         self.text = text
         self.states = states
+        self.dump_command = inner.dump_command  # type: ignore[misc]
 
     def render(self, services: list[ServiceState], ctx: ProxierContext) -> str:
         if self.states:
@@ -48,6 +50,9 @@ class SabotagedProxier(Proxier):
 
     def apply(self, runner: Runner, text: str) -> None:
         self.inner.apply(runner, text)
+
+    def forget(self) -> None:
+        self.inner.forget()
 
 
 def drop_lines(pattern: str, node: str | None = None) -> TextSabotage:
@@ -99,7 +104,7 @@ def run_broken(
     dataplane = lab.dataplane
     honest = dataplane.proxier  # type: ignore[attr-defined]
     dataplane.proxier = SabotagedProxier(honest, text, states)  # type: ignore[attr-defined]
-    writer = ResultsWriter(tmp_path / "run", run_context(lab, "broken"))
+    writer = ResultsWriter(tmp_path / "run", context_for(lab, "broken"))
     try:
         lab.sync("sabotage")
         run_scenarios(lab, writer, ROOT / "scenarios" / f"test_{module}.py", ["-k", k] if k else [])

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from conftest import test_spec
+from kubelab.substrates.netns import NetnsSubstrate
 from kubelab.topology import Topology
 
 
+def plan() -> Topology:
+    spec = test_spec()
+    return Topology(spec, NetnsSubstrate(spec, Path("/nonexistent")).inventory())
+
+
 def test_default_address_plan() -> None:
-    topo = Topology(test_spec())
+    topo = plan()
     assert [(n.name, str(n.ip), str(n.pod_cidr)) for n in topo.nodes] == [
         ("node1", "192.168.56.11", "10.244.1.0/24"),
         ("node2", "192.168.56.12", "10.244.2.0/24"),
@@ -20,7 +28,7 @@ def test_default_address_plan() -> None:
     ]
 
 
-def test_every_namespace_carries_the_lab_id() -> None:
-    topo = Topology(test_spec())
-    assert all(ns.startswith("kl-kltest-") for ns in topo.all_netns())
-    assert len(topo.all_netns()) == 3 + 6 + 1 + 1
+def test_every_pod_namespace_carries_the_lab_id() -> None:
+    topo = plan()
+    assert all(p.netns == f"kl-kltest-{p.name}" for p in topo.pods)
+    assert len(topo.pods) == 6

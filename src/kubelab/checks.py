@@ -3,6 +3,7 @@ test of an endpoint spread, failover timelines from per-probe samples."""
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -14,11 +15,6 @@ from kubelab.rules.audit import audit
 from kubelab.rules.expected import diff_tables, expected_table
 from kubelab.rules.table import ForwardingTable
 
-DUMP_COMMANDS = {
-    "iptables": "iptables-save",
-    "nftables": "nft -j list ruleset",
-    "ipvs": "ipvsadm -S -n",
-}
 SPREAD_ALPHA = 0.001  # reject "uniform" below this p-value
 
 
@@ -32,10 +28,11 @@ def audit_nodes(lab: Lab, hosts: dict[str, Any], record: Recorder) -> dict[str, 
     """Dump every node's rules through testinfra, read them with the rule auditor, and
     expect exactly the table the Services and endpoints call for (one failure per line)."""
     mode = lab.dataplane.proxy_mode
+    command = shlex.join(lab.dataplane.dump_command)
     objects = lab.objects()
     tables = {}
     for node, host in hosts.items():
-        table = audit(host.check_output(DUMP_COMMANDS[mode]), f"{node} rules")
+        table = audit(host.check_output(command), f"{node} rules")
         for difference in diff_tables(expected_table(objects, node, mode), table):
             record.expect(False, f"{node}: {difference}")
         for warning in table.warnings:

@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 
 from kubelab.errors import KubelabError, SpecError
-from kubelab.lab import Lab, check_environment
+from kubelab.lab import Lab
 from kubelab.spec import LabSpec, load_spec
 
 console = Console(stderr=True, highlight=False)
@@ -47,8 +47,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     _, spec = _load(args.lab)
-    check_environment(spec)
-    Lab(spec).down()
+    lab = Lab(spec)
+    lab.check()
+    lab.down()
     console.print(f"lab [bold]{spec.lab_id}[/] is down")
     return 0
 
@@ -64,9 +65,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"({status['substrate']}/{status['dataplane']}, {status['proxy_mode']})"
     )
     for n in status["nodes"]:
-        console.print(f"  node {n['name']:<8} {n['ip']:<15} pods {n['pod_cidr']:<16} {n['netns']}")
+        console.print(
+            f"  node {n['name']:<8} {n['ip']:<15} pods {n['pod_cidr']:<16} {n['location']}"
+        )
     c = status["client"]
-    console.print(f"  client {c['name']:<6} {c['ip']:<15} {'':<21} {c['netns']}")
+    console.print(f"  client {c['name']:<6} {c['ip']:<15} {'':<21} {c['location']}")
     for p in status["pods"]:
         console.print(
             f"  pod {p['name']:<14} {p['ip']:<15} on {p['node']:<8} {p['phase']:<11} {p['netns']}"

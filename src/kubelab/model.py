@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from kubelab.spec import NODE_PORT_RANGE, LabSpec, ServiceSpec
+from kubelab.spec_common import NODE_PORT_RANGE, ServiceSpec
+
+if TYPE_CHECKING:
+    from kubelab.spec import LabSpec
 
 Protocol = Literal["TCP", "UDP"]
 TrafficPolicy = Literal["Cluster", "Local"]

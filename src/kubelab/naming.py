@@ -5,6 +5,27 @@ from __future__ import annotations
 import base64
 import hashlib
 
+# Every namespace, process and file of lab <id> carries "kl-<id>-" or "/run/kubelab/<id>".
+LAB_PREFIX = "kl"
+STATE_ROOT = "/run/kubelab"
+
+
+def lab_prefix(lab_id: str) -> str:
+    """Every namespace of lab `lab_id` starts with this. Lab ids contain no '-', so the
+    prefix of lab 'a' never matches lab 'ab'."""
+    return f"{LAB_PREFIX}-{lab_id}-"
+
+
+def lab_netns(lab_id: str, member: str) -> str:
+    return f"{lab_prefix(lab_id)}{member}"
+
+
+def member_dir(lab_id: str, member: str) -> str:
+    """Where the lab keeps files on a member (shipped programs, plans, samples, saved
+    rules). Under the lab's state root, so `down` finds everything by the lab's id."""
+    return f"{STATE_ROOT}/{lab_id}/members/{member}"
+
+
 # nat and filter chains kube-proxy owns, iptables mode
 KUBE_SERVICES = "KUBE-SERVICES"
 KUBE_NODEPORTS = "KUBE-NODEPORTS"

@@ -12,7 +12,6 @@ Every case writes its rows to results.parquet as soon as it ends (`pytest_runtes
 
 from __future__ import annotations
 
-import os
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,11 @@ import pandas as pd
 import pytest
 import testinfra
 
+from kubelab.errors import EnvironmentMissing
 from kubelab.lab import Lab
-from kubelab.results import ResultsWriter, RunContext, Verdict, new_run_id, write_provenance
+from kubelab.naming import member_dir
+from kubelab.results import ResultRow, ResultsWriter, Verdict
+from kubelab.runs import open_run
 from kubelab.spec import ServiceSpec, WorkloadSpec, load_spec
 from kubelab.traffic.runner import ProbePlan, ProbeRun, RunningProbes, start_probes
 
@@ -37,20 +39,6 @@ class LabSession:
 
     lab: Lab
     writer: ResultsWriter
-
-
-def run_context(lab: Lab, run_id: str) -> RunContext:
-    cni, cni_mode = lab.dataplane.cni
-    return RunContext(
-        run_id=run_id,
-        lab=lab.spec.lab_id,
-        substrate=lab.spec.substrate.kind,
-        dataplane=lab.spec.dataplane.kind,
-        proxy_mode=lab.dataplane.proxy_mode,
-        cni=cni,
-        cni_mode=cni_mode,
-        kernel=os.uname().release,
-    )
 
 
 class SessionPlugin:
@@ -104,17 +92,17 @@ def lab_session(request: pytest.FixtureRequest) -> Iterator[LabSession]:
     spec_path = config.getoption("--lab")
     if not spec_path:
         pytest.skip("no lab: pass --lab labs/local.yaml, or use `kubelab run`")
-    if os.geteuid() != 0:
-        pytest.skip("the embedded lab needs root (network namespaces, iptables)")
     spec = load_spec(spec_path)
     lab = Lab(spec)
-    run_id = new_run_id(spec.lab_id)
-    run_dir = Path(config.getoption("--run-dir") or Path("reports") / run_id)
-    context = run_context(lab, run_id)
-    writer = ResultsWriter(run_dir, context)
-    write_provenance(run_dir, spec, spec_path, context)
+    try:
+        lab.check()
+    except EnvironmentMissing as exc:
+        pytest.skip(str(exc))
+    run_dir = config.getoption("--run-dir")
+    run = open_run(spec.lab_id, spec, spec_path, run_dir=Path(run_dir) if run_dir else None)
     lab.up()
-    session = LabSession(lab, writer)
+    run.attach(lab)
+    session = LabSession(lab, run.writer)
     config.stash[SESSION_KEY] = session  # so skips before `record` exists still get a row
     try:
         yield session
@@ -156,30 +144,12 @@ class CaseRecord:
             raise AssertionError("; ".join(self.failures))
         return Verdict.PASS
 
-    def rows(self, verdict: Verdict, detail: str) -> list[dict[str, Any]]:
+    def rows(self, verdict: Verdict, detail: str) -> list[ResultRow]:
         rows = [
-            {
-                "scenario": self.scenario,
-                "case": self.case,
-                "metric": m,
-                "value": v,
-                "unit": u,
-                "verdict": str(verdict),
-                "detail": d,
-            }
-            for m, v, u, d in self.metrics
+            ResultRow(self.scenario, self.case, m, v, u, verdict, d) for m, v, u, d in self.metrics
         ]
-        rows.append(
-            {
-                "scenario": self.scenario,
-                "case": self.case,
-                "metric": "verdict",
-                "value": 1.0 if verdict is Verdict.PASS else 0.0,
-                "unit": "",
-                "verdict": str(verdict),
-                "detail": detail,
-            }
-        )
+        value = 1.0 if verdict is Verdict.PASS else 0.0
+        rows.append(ResultRow(self.scenario, self.case, "verdict", value, "", verdict, detail))
         return rows
 
 
@@ -211,10 +181,11 @@ class Traffic:
     def start(self, host: str, port: int, **plan: Any) -> RecordedProbes:
         """Start bounded probes in the background; `.wait()` returns the run."""
         plan.setdefault("seed", self.lab.spec.seed)
+        client = self.lab.topology.client.name
         running = start_probes(
-            self.lab.runner(self.lab.topology.client.name),
+            self.lab.runner(client),
             ProbePlan(host, port, **plan),
-            self.lab.state_dir,
+            member_dir(self.lab.spec.lab_id, client),
         )
         return RecordedProbes(running, self.record)
 
@@ -255,7 +226,8 @@ class Resources:
         try:
             self.lab.settle()
             if self._services:
-                self.lab.delete_services([k for k in self._services if k in self.lab.services])
+                existing = {state.service.key for state in self.lab.service_states()}
+                self.lab.delete_services([k for k in self._services if k in existing])
         finally:
             for name in self._workloads:
                 self.lab.delete_workload(name)
@@ -279,7 +251,11 @@ def traffic(lab: Lab, record: CaseRecord) -> Traffic:
 def hosts(lab: Lab) -> dict[str, Any]:
     """testinfra hosts for every node, reached over SSH with the lab's ssh_config."""
     return {
-        node.name: testinfra.get_host(f"ssh://{node.name}", ssh_config=str(lab.ssh_config))
+        node.name: testinfra.get_host(
+            f"ssh://{node.name}",
+            ssh_config=str(lab.ssh_config),
+            sudo=lab.substrate.become(node.name),
+        )
         for node in lab.topology.nodes
     }
 

@@ -13,6 +13,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +49,20 @@ class Verdict(enum.StrEnum):
     FAIL = "fail"
     SKIP = "skip"
     ERROR = "error"
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One measurement of one case: the typed form of a results.parquet row (the run's
+    context columns are added by the writer)."""
+
+    scenario: str
+    case: str
+    metric: str
+    value: float
+    unit: str = ""
+    verdict: Verdict = Verdict.PASS
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,8 +110,10 @@ class ResultsWriter:
     def samples_path(self) -> Path:
         return self.run_dir / "samples.parquet"
 
-    def add_rows(self, rows: list[dict[str, Any]]) -> None:
-        self._rows += [self.context.row(**r) for r in rows]
+    def add_rows(self, rows: Sequence[ResultRow]) -> None:
+        for r in rows:
+            fields = {**r.__dict__, "value": float(r.value), "verdict": str(r.verdict)}
+            self._rows.append(self.context.row(**fields))
         frame = pd.DataFrame(self._rows, columns=RESULT_COLUMNS)
         frame["value"] = frame["value"].astype("float64")
         _write_atomic(frame, self.results_path)
@@ -160,6 +177,7 @@ def write_provenance(
     """provenance.json: what ran, on what, from which source, with which seeds."""
     data = {
         "run_id": context.run_id,
+        "node_kernels": {},  # filled in when the lab is up (update_provenance)
         "started": datetime.now(UTC).isoformat(),
         "kubelab_version": __version__,
         "git_revision": git_revision(Path(__file__).resolve().parent),
@@ -181,3 +199,15 @@ def write_provenance(
     path = run_dir / "provenance.json"
     path.write_text(json.dumps(data, indent=2))
     return path
+
+
+def update_provenance(run_dir: Path, **fields: Any) -> None:
+    """Add what is known only once the lab is up (the nodes' kernels, per lab)."""
+    path = run_dir / "provenance.json"
+    data = json.loads(path.read_text())
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    path.write_text(json.dumps(data, indent=2))

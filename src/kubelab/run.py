@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from kubelab.lab import Lab, check_environment
-from kubelab.pytest_plugin import LabSession, SessionPlugin, run_context
+from kubelab.lab import Lab
+from kubelab.pytest_plugin import LabSession, SessionPlugin
 from kubelab.report.html import render
-from kubelab.results import ResultsWriter, new_run_id, write_provenance
+from kubelab.results import ResultsWriter
+from kubelab.runs import open_run
 from kubelab.spec import load_spec
 
 # pytest's exit codes -> kubelab's: 0 all passed, 1 a scenario failed, 2 bad input,
@@ -65,20 +66,17 @@ def run_lab(
     progress: Callable[[str], None] = print,
 ) -> RunOutcome:
     spec = load_spec(spec_path)  # bad input stops here, before anything exists
-    check_environment(spec)
-    scenarios = scenarios or default_scenarios(spec_path)
     lab = Lab(spec)
-    run_id = new_run_id(spec.lab_id)
-    run_dir = reports_root / run_id
-    context = run_context(lab, run_id)
-    writer = ResultsWriter(run_dir, context)
-    write_provenance(run_dir, spec, str(spec_path), context)
+    lab.check()  # so does a machine that cannot run it
+    scenarios = scenarios or default_scenarios(spec_path)
+    run = open_run(spec.lab_id, spec, str(spec_path), reports_root)
     try:
         lab.up(progress)
+        run.attach(lab)
         progress(f"scenarios in {scenarios}")
-        code = run_scenarios(lab, writer, scenarios, pytest_args)
+        code = run_scenarios(lab, run.writer, scenarios, pytest_args)
     finally:
         progress("tearing the lab down")
         lab.down()
-    report = render(run_dir)
-    return RunOutcome(PYTEST_TO_EXIT.get(int(code), 1), run_dir, report)
+    report = render(run.run_dir)
+    return RunOutcome(PYTEST_TO_EXIT.get(int(code), 1), run.run_dir, report)

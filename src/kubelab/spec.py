@@ -1,5 +1,8 @@
 """The lab spec: labs/<name>.yaml parsed into validated pydantic models.
 
+The substrate and dataplane sections are a discriminated union built from the backends'
+registries, so each backend owns its options model. A backend may also complete the raw
+spec before validation (the `existing` substrate reads its node names from the inventory).
 Every validation error becomes one line naming the field and a valid alternative
 (`load_spec`), and it is raised before anything is built.
 """
@@ -9,208 +12,54 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from kubelab.dataplanes.registry import DATAPLANES
 from kubelab.errors import SpecError
+from kubelab.spec_common import (
+    NODE_PORT_RANGE,
+    ClientSpec,
+    DataplaneOptions,
+    NetworkSpec,
+    NodeSpec,
+    ServicePortSpec,
+    ServiceSpec,
+    StrictModel,
+    SubstrateOptions,
+    WorkloadSpec,
+)
+from kubelab.substrates.registry import SUBSTRATES
 
-NODE_PORT_RANGE = (30000, 32767)
 NAME_PATTERN = r"^[a-z][a-z0-9]*$"
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
+if TYPE_CHECKING:
+    SubstrateSection = SubstrateOptions
+    DataplaneSection = DataplaneOptions
+else:
+    SubstrateSection = Annotated[
+        Union[tuple(cls.Options for cls in SUBSTRATES.values())],  # noqa: UP007
+        Field(discriminator="kind"),
+    ]
+    DataplaneSection = Annotated[
+        Union[tuple(cls.Options for cls in DATAPLANES.values())],  # noqa: UP007
+        Field(discriminator="kind"),
+    ]
 
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# --- substrates: where nodes live -------------------------------------------------------------
-
-
-class NetnsSubstrate(StrictModel):
-    """Nodes are network namespaces on the local kernel (the embedded lab)."""
-
-    kind: Literal["netns"]
-
-
-Substrate = Annotated[NetnsSubstrate, Field(discriminator="kind")]
-
-
-# --- dataplanes: who forwards packets ---------------------------------------------------------
-
-
-class ReferenceDataplane(StrictModel):
-    """kubelab's own pod network plus a proxier that writes kube-proxy's rule layout."""
-
-    kind: Literal["reference"]
-    proxy_mode: Literal["iptables", "nftables", "ipvs"] = "iptables"
-    # IPVS scheduler (kube-proxy's --ipvs-scheduler); only read in ipvs mode
-    scheduler: Literal["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh"] = (
-        "rr"
-    )
-    pod_network: Literal["host-gw", "vxlan"] = "host-gw"
-    # how long after a pod dies or a node fails its endpoints leave the rules, as the
-    # endpoints controller and node lifecycle controller would take to notice
-    endpoint_detection_delay_s: float = Field(1.0, ge=0, le=300)
-
-
-Dataplane = Annotated[ReferenceDataplane, Field(discriminator="kind")]
-
-
-# --- addressing -------------------------------------------------------------------------------
-
-
-def _parse_network(value: Any, example: str) -> ipaddress.IPv4Network:
-    try:
-        net = ipaddress.ip_network(str(value), strict=True)
-    except ValueError as exc:
-        raise ValueError(
-            f"{value!r} is not a valid IPv4 network ({exc}); use a CIDR such as {example}"
-        ) from None
-    if not isinstance(net, ipaddress.IPv4Network):
-        raise ValueError(f"{value!r} is IPv6; the lab is IPv4 only, use a CIDR such as {example}")
-    return net
-
-
-class NetworkSpec(StrictModel):
-    node_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("192.168.56.0/24")
-    pod_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.244.0.0/16")
-    node_pod_prefix: int = Field(24, ge=8, le=30)
-    service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.96.0.0/12")
-
-    @field_validator("node_cidr", mode="before")
-    @classmethod
-    def _node_cidr(cls, v: Any) -> ipaddress.IPv4Network:
-        return _parse_network(v, "192.168.56.0/24")
-
-    @field_validator("pod_cidr", mode="before")
-    @classmethod
-    def _pod_cidr(cls, v: Any) -> ipaddress.IPv4Network:
-        return _parse_network(v, "10.244.0.0/16")
-
-    @field_validator("service_cidr", mode="before")
-    @classmethod
-    def _service_cidr(cls, v: Any) -> ipaddress.IPv4Network:
-        return _parse_network(v, "10.96.0.0/12")
-
-    @model_validator(mode="after")
-    def _no_overlap(self) -> NetworkSpec:
-        named = [
-            ("node_cidr", self.node_cidr),
-            ("pod_cidr", self.pod_cidr),
-            ("service_cidr", self.service_cidr),
-        ]
-        for i, (name_a, a) in enumerate(named):
-            for name_b, b in named[i + 1 :]:
-                if a.overlaps(b):
-                    raise ValueError(
-                        f"{name_a} {a} overlaps {name_b} {b}; give each a separate range "
-                        "(for example 192.168.56.0/24, 10.244.0.0/16, 10.96.0.0/12)"
-                    )
-        if self.node_pod_prefix <= self.pod_cidr.prefixlen:
-            raise ValueError(
-                f"node_pod_prefix /{self.node_pod_prefix} must be longer than pod_cidr "
-                f"/{self.pod_cidr.prefixlen} so each node gets a slice; use 24 with a /16"
-            )
-        return self
-
-
-# --- members ----------------------------------------------------------------------------------
-
-
-class NodeSpec(StrictModel):
-    name: str = Field(pattern=DNS_LABEL, max_length=12)
-
-
-class ClientSpec(StrictModel):
-    name: str = Field("client", pattern=DNS_LABEL, max_length=12)
-
-
-class WorkloadSpec(StrictModel):
-    """A set of backend pods answering like agnhost netexec."""
-
-    name: str = Field(pattern=DNS_LABEL, max_length=12)
-    pods_per_node: int | None = Field(None, ge=0)
-    replicas: int | None = Field(None, ge=0)  # spread round-robin over the nodes
-    nodes: list[str] | None = None  # like a nodeSelector: only these nodes get pods
-    port: int = Field(8080, ge=1, le=65535)
-    udp_port: int = Field(8081, ge=1, le=65535)  # agnhost netexec's --udp-port default
-
-    @model_validator(mode="after")
-    def _one_count(self) -> WorkloadSpec:
-        if (self.pods_per_node is None) == (self.replicas is None):
-            raise ValueError("set exactly one of pods_per_node or replicas")
-        return self
-
-    def count_on(self, node_index: int, node_count: int, node_name: str = "") -> int:
-        """Pods of this workload on node `node_index` (0-based) of `node_count`."""
-        if self.nodes is not None and node_name and node_name not in self.nodes:
-            return 0
-        if self.pods_per_node is not None:
-            return self.pods_per_node
-        assert self.replicas is not None
-        count = len(self.nodes) if self.nodes else node_count
-        index = self.nodes.index(node_name) if self.nodes and node_name else node_index
-        return self.replicas // count + (1 if index < self.replicas % count else 0)
-
-
-class ServicePortSpec(StrictModel):
-    name: str | None = Field(None, pattern=DNS_LABEL)
-    protocol: Literal["TCP", "UDP"] = "TCP"
-    port: int = Field(ge=1, le=65535)
-    target_port: int = Field(ge=1, le=65535)
-    node_port: int | None = None
-
-    @field_validator("node_port")
-    @classmethod
-    def _node_port_range(cls, v: int | None) -> int | None:
-        low, high = NODE_PORT_RANGE
-        if v is not None and not low <= v <= high:
-            raise ValueError(f"{v} is outside the NodePort range; use a port from {low} to {high}")
-        return v
-
-
-class ServiceSpec(StrictModel):
-    name: str = Field(pattern=DNS_LABEL)
-    namespace: str = Field("default", pattern=DNS_LABEL)
-    workload: str
-    type: Literal["ClusterIP", "NodePort"] = "ClusterIP"
-    cluster_ip: ipaddress.IPv4Address | Literal["None"] | None = None  # "None" = headless
-    external_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
-    internal_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
-    session_affinity: Literal["None", "ClientIP"] = "None"
-    session_affinity_timeout_s: int = Field(10800, ge=1, le=86400)
-    health_check_node_port: int | None = None  # default: allocated for NodePort + Local
-    ports: list[ServicePortSpec] = Field(min_length=1)
-
-    @field_validator("health_check_node_port")
-    @classmethod
-    def _health_port_range(cls, v: int | None) -> int | None:
-        return ServicePortSpec._node_port_range(v)
-
-    @model_validator(mode="after")
-    def _ports(self) -> ServiceSpec:
-        if len(self.ports) > 1 and any(p.name is None for p in self.ports):
-            raise ValueError("a Service with several ports must name each port (ports[].name)")
-        for p in self.ports:
-            if self.type == "NodePort" and p.node_port is None:
-                raise ValueError(
-                    f"port {p.port} needs node_port for type NodePort; "
-                    f"pick one from {NODE_PORT_RANGE[0]} to {NODE_PORT_RANGE[1]}"
-                )
-            if self.type == "ClusterIP" and p.node_port is not None:
-                raise ValueError("node_port is set but type is ClusterIP; use type: NodePort")
-        if self.cluster_ip == "None" and self.type != "ClusterIP":
-            raise ValueError("a headless Service (cluster_ip: None) must be type ClusterIP")
-        if self.health_check_node_port is not None and not (
-            self.type == "NodePort" and self.external_traffic_policy == "Local"
-        ):
-            raise ValueError(
-                "health_check_node_port needs type NodePort with "
-                "external_traffic_policy Local; remove it"
-            )
-        return self
+__all__ = [
+    "NODE_PORT_RANGE",
+    "ClientSpec",
+    "LabSpec",
+    "NetworkSpec",
+    "NodeSpec",
+    "ServicePortSpec",
+    "ServiceSpec",
+    "WorkloadSpec",
+    "load_spec",
+    "parse_spec",
+]
 
 
 # --- the lab ----------------------------------------------------------------------------------
@@ -219,8 +68,8 @@ class ServiceSpec(StrictModel):
 class LabSpec(StrictModel):
     name: str = Field(pattern=NAME_PATTERN, max_length=10)
     description: str = ""
-    substrate: Substrate
-    dataplane: Dataplane
+    substrate: SubstrateSection
+    dataplane: DataplaneSection
     network: NetworkSpec = Field(default_factory=NetworkSpec)
     nodes: list[NodeSpec] = Field(min_length=1, max_length=16)
     client: ClientSpec = Field(default_factory=ClientSpec)
@@ -315,7 +164,7 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("netns", "reference"):  # discriminator tags pydantic adds to the location
+        elif part in SUBSTRATES or part in DATAPLANES:  # tags pydantic adds to the location
             continue
         else:
             path += f".{part}" if path else str(part)
@@ -344,9 +193,15 @@ def _one_line(err: Any, model_fields: dict[str, Any]) -> str:
     return f"{loc}: {value!r}: {msg}"
 
 
-def parse_spec(data: Any, source: str = "<spec>") -> LabSpec:
+def parse_spec(data: Any, source: str = "<spec>", base_dir: Path | None = None) -> LabSpec:
+    """Validate a spec mapping. `base_dir` is where relative paths in it start (the spec
+    file's folder); backends complete the mapping first (see Substrate.complete)."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: the file must hold a mapping of fields (see labs/local.yaml)")
+    substrate = data.get("substrate")
+    kind = substrate.get("kind") if isinstance(substrate, dict) else None
+    if isinstance(kind, str) and kind in SUBSTRATES:
+        data = SUBSTRATES[kind].complete(data, base_dir or Path.cwd(), source)
     try:
         return LabSpec.model_validate(data)
     except ValidationError as exc:
@@ -367,4 +222,4 @@ def load_spec(path: str | Path) -> LabSpec:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise SpecError(f"{p}:{where}: not valid YAML; fix the syntax there") from None
-    return parse_spec(data, str(p))
+    return parse_spec(data, str(p), p.resolve().parent)

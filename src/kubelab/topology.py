@@ -1,25 +1,20 @@
-"""The address plan of a lab: who gets which name, namespace and address.
-
-A pure function of the spec, so every part (substrate, dataplane, scenarios, tests) agrees
-on it without saved state.
-"""
+"""The cluster's address plan: which node owns which pod slice, which pod gets which
+address. A pure function of the spec and the substrate's inventory, so every part
+(dataplane, scenarios, tests) agrees on it without saved state."""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-from kubelab.spec import LabSpec, WorkloadSpec
+from kubelab.inventory import Inventory
+from kubelab.naming import lab_netns
 
-NETNS_PREFIX = "kl"
-NODE_HOST_OFFSET = 10  # node i (1-based) gets node_cidr + 10 + i, as Vagrant labs usually do
-
-
-def netns_prefix(lab_id: str) -> str:
-    """Every namespace of lab `lab_id` starts with this. Lab ids contain no '-', so the
-    prefix of lab 'a' never matches lab 'ab'."""
-    return f"{NETNS_PREFIX}-{lab_id}-"
+if TYPE_CHECKING:
+    from kubelab.spec import LabSpec
+    from kubelab.spec_common import WorkloadSpec
 
 
 @dataclass(frozen=True)
@@ -27,7 +22,6 @@ class NodeInfo:
     name: str
     index: int  # 1-based
     ip: ipaddress.IPv4Address
-    netns: str
     pod_cidr: ipaddress.IPv4Network
     pod_gateway: ipaddress.IPv4Address  # the node's cni0 address
 
@@ -39,7 +33,7 @@ class PodInfo:
     node: str
     ip: ipaddress.IPv4Address
     port: int
-    netns: str
+    netns: str  # the pod's sandbox: a network namespace on its node
     udp_port: int = 8081
 
 
@@ -47,55 +41,36 @@ class PodInfo:
 class ClientInfo:
     name: str
     ip: ipaddress.IPv4Address
-    netns: str
 
 
 @dataclass(frozen=True)
 class Topology:
     spec: LabSpec
+    inventory: Inventory
 
     @property
     def lab_id(self) -> str:
         return self.spec.lab_id
 
-    def netns_name(self, member: str) -> str:
-        return f"{netns_prefix(self.lab_id)}{member}"
-
-    @property
-    def fabric_netns(self) -> str:
-        return self.netns_name("fabric")
-
     @cached_property
     def nodes(self) -> tuple[NodeInfo, ...]:
         net = self.spec.network
-        slices = list(net.pod_cidr.subnets(new_prefix=net.node_pod_prefix))
+        slices = net.pod_cidr.subnets(new_prefix=net.node_pod_prefix)
+        next(slices)  # slice 0 stays unused, so node1 owns x.x.1.0/24
         out = []
-        for i, node in enumerate(self.spec.nodes, start=1):
-            pod_cidr = slices[i]  # slice 0 stays unused, so node1 owns x.x.1.0/24
+        for i, (member, pod_cidr) in enumerate(zip(self.inventory.nodes, slices, strict=False), 1):
             out.append(
-                NodeInfo(
-                    name=node.name,
-                    index=i,
-                    ip=net.node_cidr.network_address + NODE_HOST_OFFSET + i,
-                    netns=self.netns_name(node.name),
-                    pod_cidr=pod_cidr,
-                    pod_gateway=pod_cidr.network_address + 1,
-                )
+                NodeInfo(member.name, i, member.address, pod_cidr, pod_cidr.network_address + 1)
             )
         return tuple(out)
 
     @cached_property
     def client(self) -> ClientInfo:
-        net = self.spec.network.node_cidr
-        return ClientInfo(
-            name=self.spec.client.name,
-            ip=net.broadcast_address - 1,
-            netns=self.netns_name(self.spec.client.name),
-        )
+        return ClientInfo(self.inventory.client.name, self.inventory.client.address)
 
     @cached_property
     def pods(self) -> tuple[PodInfo, ...]:
-        """The pods the spec asks for at start (the Lab adds and removes pods later)."""
+        """The pods the spec asks for at start (the dataplane adds and removes pods later)."""
         out = []
         for i, node in enumerate(self.nodes):
             host = 2  # .1 is the node's bridge
@@ -113,7 +88,7 @@ class Topology:
             node=node.name,
             ip=node.pod_cidr.network_address + host,
             port=wl.port,
-            netns=self.netns_name(name),
+            netns=lab_netns(self.lab_id, name),
             udp_port=wl.udp_port,
         )
 
@@ -125,14 +100,3 @@ class Topology:
 
     def pods_on(self, node: str) -> tuple[PodInfo, ...]:
         return tuple(p for p in self.pods if p.node == node)
-
-    def members(self) -> dict[str, str]:
-        """Every member a person can `kubelab exec` into, mapped to its namespace."""
-        out = {n.name: n.netns for n in self.nodes}
-        out[self.client.name] = self.client.netns
-        out.update({p.name: p.netns for p in self.pods})
-        out["fabric"] = self.fabric_netns
-        return out
-
-    def all_netns(self) -> list[str]:
-        return sorted(set(self.members().values()))

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
 from kubelab.checks import failover_timeline
 from kubelab.lab import Lab
-from kubelab.spec import LabSpec
+from kubelab.naming import member_dir
+from kubelab.results import ResultRow, Verdict
+from kubelab.runs import RunFolder
 from kubelab.traffic.runner import ProbePlan, start_probes
 
-Row = dict[str, Any]
 ACTIONS = ("delete_pod", "kill_pod", "fail_node")
 LOAD_S = 5.0
 
@@ -26,7 +26,7 @@ def _trial(lab: Lab, action: str, host: str, port: int) -> dict[str, float]:
     load = start_probes(
         lab.runner("client"),
         ProbePlan(host, port, max_probes=100_000, users=5, duration_s=LOAD_S),
-        lab.state_dir,
+        member_dir(lab.spec.lab_id, lab.topology.client.name),
     )
     time.sleep(2.0)
     change_at = time.time()
@@ -56,19 +56,19 @@ def _trial(lab: Lab, action: str, host: str, port: int) -> dict[str, float]:
 
 
 def run_failover(
-    spec: LabSpec, trials: int, emit: Callable[[list[Row]], None], progress: Callable[[str], None]
+    lab: Lab, run_folder: RunFolder, trials: int, progress: Callable[[str], None]
 ) -> None:
-    mode = spec.dataplane.proxy_mode
-    lab = Lab(spec)
+    mode = lab.spec.dataplane.proxy_mode
     lab.up()
     try:
+        run_folder.attach(lab)
         host, port = lab.nodeport_target("default/echo", lab.topology.nodes[0].name)
         for action in ACTIONS:
             results = []
             for i in range(trials):
                 progress(f"failover {mode}/{action}: trial {i + 1} of {trials}")
                 results.append(_trial(lab, action, host, port))
-            rows: list[Row] = []
+            rows: list[ResultRow] = []
             for metric, unit in (
                 ("failed_probes", "count"),
                 ("blackout_window", "s"),
@@ -82,29 +82,17 @@ def run_failover(
                     ("max", values.max()),
                 ):
                     rows.append(
-                        {
-                            "scenario": "bench_failover",
-                            "case": f"{mode}/{action}",
-                            "metric": f"{metric}_{stat}",
-                            "value": float(v),
-                            "unit": unit,
-                            "verdict": "pass",
-                            "detail": detail,
-                            "proxy_mode": mode,
-                        }
+                        ResultRow(
+                            "bench_failover",
+                            f"{mode}/{action}",
+                            f"{metric}_{stat}",
+                            float(v),
+                            unit,
+                            Verdict.PASS,
+                            detail,
+                        )
                     )
-            rows.append(
-                {
-                    "scenario": "bench_failover",
-                    "case": f"{mode}/{action}",
-                    "metric": "verdict",
-                    "value": 1.0,
-                    "unit": "",
-                    "verdict": "pass",
-                    "detail": "",
-                    "proxy_mode": mode,
-                }
-            )
-            emit(rows)
+            rows.append(ResultRow("bench_failover", f"{mode}/{action}", "verdict", 1.0))
+            run_folder.writer.add_rows(rows)
     finally:
         lab.down()

@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import re
 import resource
-import subprocess
+import shutil
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pandas as pd
 
+from kubelab.errors import LabError
 from kubelab.lab import Lab
-from kubelab.spec import LabSpec
+from kubelab.naming import member_dir
+from kubelab.results import ResultRow, Verdict
+from kubelab.runs import RunFolder
 from kubelab.traffic.runner import ProbePlan, start_probes
 
-Row = dict[str, Any]
 CPU_BOUND = 0.9  # a generator using this share of one core or more was the bottleneck
 
 
@@ -37,7 +38,10 @@ def _wrk(
     before = _children_cpu()
     result = lab.runner("client").run(argv, timeout=seconds + 30)
     cpu = (_children_cpu() - before) / seconds
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", result.stdout).group(1))  # type: ignore[union-attr]
+    found = re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)
+    if found is None:
+        raise LabError(f"wrk printed no Requests/sec: {result.stdout[-200:]}")
+    rps = float(found.group(1))
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", result.stdout)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     latency = float(p50.group(1)) * scale[p50.group(2)] if p50 else float("nan")
@@ -45,17 +49,19 @@ def _wrk(
 
 
 def run_load(
-    spec: LabSpec,
+    lab: Lab,
+    run_folder: RunFolder,
     seconds: float,
     users: int,
-    emit: Callable[[list[Row]], None],
     progress: Callable[[str], None],
     processes: int = 2,
 ) -> None:
+    spec = lab.spec
     mode = spec.dataplane.proxy_mode
-    lab = Lab(spec)
+    workdir = member_dir(spec.lab_id, "client")
     lab.up()
     try:
+        run_folder.attach(lab)
         host, port = lab.nodeport_target(
             spec.services[0].namespace + "/" + spec.services[0].name, lab.topology.nodes[0].name
         )
@@ -77,9 +83,7 @@ def run_load(
                 duration_s=seconds,
                 new_connection=new,
             )
-            running = [
-                start_probes(lab.runner("client"), plan, lab.state_dir) for _ in range(processes)
-            ]
+            running = [start_probes(lab.runner("client"), plan, workdir) for _ in range(processes)]
             runs = [r.wait() for r in running]
             wall = time.monotonic() - started
             locust_cpu = (_children_cpu() - before) / wall
@@ -118,36 +122,13 @@ def run_load(
                 ("locust_failed_probes", float((~ok).sum()), "count", ""),
                 ("generator_cpu_bound", float(bool(bound)), "flag", bound),
             ]
-            emit(
-                [
-                    {
-                        "scenario": "bench_load",
-                        "case": case,
-                        "metric": m,
-                        "value": v,
-                        "unit": u,
-                        "verdict": "pass",
-                        "detail": d,
-                        "proxy_mode": mode,
-                    }
-                    for m, v, u, d in rows
-                ]
-                + [
-                    {
-                        "scenario": "bench_load",
-                        "case": case,
-                        "metric": "verdict",
-                        "value": 1.0,
-                        "unit": "",
-                        "verdict": "pass",
-                        "detail": bound,
-                        "proxy_mode": mode,
-                    }
-                ]
+            run_folder.writer.add_rows(
+                [ResultRow("bench_load", case, m, v, u, Verdict.PASS, d) for m, v, u, d in rows]
+                + [ResultRow("bench_load", case, "verdict", 1.0, "", Verdict.PASS, bound)]
             )
     finally:
         lab.down()
 
 
 def wrk_available() -> bool:
-    return subprocess.run(["which", "wrk"], capture_output=True).returncode == 0
+    return shutil.which("wrk") is not None

@@ -4,8 +4,8 @@ report.html."""
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -13,43 +13,23 @@ import yaml
 from kubelab.bench.failover import run_failover
 from kubelab.bench.load import run_load
 from kubelab.bench.scale import ScaleBench, ScaleConfig, bench_spec
-from kubelab.errors import KubelabError, SpecError
-from kubelab.lab import check_environment
+from kubelab.errors import EnvironmentMissing, SpecError
+from kubelab.lab import Lab
 from kubelab.report.html import render
-from kubelab.results import ResultsWriter, RunContext, new_run_id, write_provenance
+from kubelab.results import ResultRow, Verdict
+from kubelab.runs import open_run
 from kubelab.spec import LabSpec, parse_spec
 
 Progress = Callable[[str], None]
 LOCAL_SPEC = Path(__file__).resolve().parents[3] / "labs" / "local.yaml"
 
 
-def bench_context(run_id: str, lab: str) -> RunContext:
-    return RunContext(
-        run_id=run_id,
-        lab=lab,
-        substrate="netns",
-        dataplane="reference",
-        proxy_mode="",
-        cni="reference",
-        cni_mode="host-gw",
-        kernel=platform.release(),
-    )
-
-
 def run_scale(config: ScaleConfig, reports_root: Path, progress: Progress) -> Path:
-    run_id = new_run_id("bench-scale")
-    run_dir = reports_root / run_id
-    context = bench_context(run_id, "bench-scale")
-    writer = ResultsWriter(run_dir, context)
-    write_provenance(
-        run_dir,
-        bench_spec(config.modes[0], config.endpoints),
-        "bench scale",
-        context,
-        extra={"bench": {"kind": "scale", **vars(config)}},
-    )
-    ScaleBench(config, writer.add_rows, progress).run()
-    return render(run_dir)
+    spec = bench_spec(config.modes[0], config.endpoints)
+    extra = {"bench": {"kind": "scale", **vars(config)}}
+    run = open_run("bench-scale", spec, "bench scale", reports_root, extra=extra)
+    ScaleBench(config, run, progress).run()
+    return render(run.run_dir)
 
 
 def _lab_spec(mode: str, name: str) -> LabSpec:
@@ -71,51 +51,32 @@ def run_bench(
     trials: int = 5,
 ) -> Path:
     """`bench load` and `bench failover`: each mode on the default lab."""
-    run_id = new_run_id(f"bench-{kind}")
-    run_dir = reports_root / run_id
-    context = bench_context(run_id, f"bench-{kind}")
-    writer = ResultsWriter(run_dir, context)
     spec = _lab_spec(modes[0], f"klb{kind[:4]}")
-    write_provenance(
-        run_dir,
-        spec,
-        "labs/local.yaml",
-        context,
-        extra={
-            "bench": {
-                "kind": kind,
-                "modes": modes,
-                "seconds": seconds,
-                "users": users,
-                "trials": trials,
-            }
-        },
-    )
+    extra = {
+        "bench": {
+            "kind": kind,
+            "modes": modes,
+            "seconds": seconds,
+            "users": users,
+            "trials": trials,
+        }
+    }
+    run = open_run(f"bench-{kind}", spec, "labs/local.yaml", reports_root, extra=extra)
     for mode in modes:
-        spec = _lab_spec(mode, f"klb{kind[:4]}")
+        lab = Lab(_lab_spec(mode, f"klb{kind[:4]}"))
         try:
-            check_environment(spec)
-        except KubelabError as exc:
-            writer.add_rows(
-                [
-                    {
-                        "scenario": f"bench_{kind}",
-                        "case": f"{mode}",
-                        "metric": "verdict",
-                        "value": 0.0,
-                        "unit": "",
-                        "verdict": "skip",
-                        "detail": str(exc),
-                        "proxy_mode": mode,
-                    }
-                ]
+            lab.check()
+        except EnvironmentMissing as exc:
+            run.use(replace(run.writer.context, proxy_mode=mode))
+            run.writer.add_rows(
+                [ResultRow(f"bench_{kind}", mode, "verdict", 0.0, "", Verdict.SKIP, str(exc))]
             )
             continue
         if kind == "load":
-            run_load(spec, seconds, users, writer.add_rows, progress)
+            run_load(lab, run, seconds, users, progress)
         else:
-            run_failover(spec, trials, writer.add_rows, progress)
-    return render(run_dir)
+            run_failover(lab, run, trials, progress)
+    return render(run.run_dir)
 
 
 def supported_modes() -> list[str]:

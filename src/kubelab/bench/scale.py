@@ -21,21 +21,23 @@ import json
 import textwrap
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from kubelab.errors import LabError
+from kubelab.dataplanes.reference.dataplane import ReferenceDataplane
+from kubelab.errors import EnvironmentMissing, LabError
 from kubelab.hosts import Runner
-from kubelab.lab import Lab, check_environment
+from kubelab.lab import Lab
+from kubelab.results import ResultRow, Verdict
+from kubelab.runs import RunFolder
 from kubelab.spec import LabSpec, ServiceSpec, parse_spec
 
 DEFAULT_SIZES = (100, 1000, 5000, 10000)
 NODE_PORT = 30080
 GROWTH = 1.3  # a step's cost is predicted as last_cost * (n / last_n) ** GROWTH
 
-Row = dict[str, Any]
 Progress = Callable[[str], None]
 
 _CONNECT = """
@@ -91,28 +93,13 @@ def bench_spec(mode: str, endpoints: int) -> LabSpec:
 def connect_latencies(runner: Runner, host: str, port: int, count: int) -> list[float]:
     """Microseconds per sequential new TCP connect from inside the member."""
     result = runner.run(
-        ["python3", "-c", textwrap.dedent(_CONNECT.format(host=host, port=port, count=count))],
+        [runner.python, "-c", textwrap.dedent(_CONNECT.format(host=host, port=port, count=count))],
         timeout=count * 2 + 30,
     )
     values = [v for v in json.loads(result.stdout) if v is not None]
     if not values:
         raise LabError(f"no connection to {host}:{port} succeeded")
     return values
-
-
-def _counts(lab: Lab) -> dict[str, int]:
-    runner = lab.runner("node1")
-    if lab.dataplane.proxy_mode == "iptables":
-        dump = runner.run(["iptables-save"]).stdout
-        return {"rules": dump.count("\n-A "), "chains": dump.count("\n:")}
-    dump = runner.run(["nft", "-j", "list", "ruleset"]).stdout
-    doc = json.loads(dump)["nftables"]
-    elements = sum(len(o["map"].get("elem", [])) for o in doc if "map" in o)
-    return {
-        "rules": sum(1 for o in doc if "rule" in o),
-        "chains": sum(1 for o in doc if "chain" in o),
-        "map_elements": elements,
-    }
 
 
 def _mem_available_kb() -> int:
@@ -140,11 +127,10 @@ def _timed(action: Callable[[], Any]) -> float:
 
 
 class ScaleBench:
-    def __init__(
-        self, config: ScaleConfig, emit: Callable[[list[Row]], None], progress: Progress
-    ) -> None:
+    def __init__(self, config: ScaleConfig, run: RunFolder, progress: Progress) -> None:
         self.config = config
-        self.emit = emit
+        self.run_folder = run
+        self.emit = run.writer.add_rows
         self.progress = progress
         self.started = time.monotonic()
 
@@ -153,16 +139,17 @@ class ScaleBench:
 
     def run(self) -> None:
         for mode in self.config.modes:
-            spec = bench_spec(mode, self.config.endpoints)
+            lab = Lab(bench_spec(mode, self.config.endpoints))
             try:
-                check_environment(spec)
-            except Exception as exc:  # a mode this kernel lacks: a skip with its reason
-                self.emit([self._row(mode, 0, "verdict", 0, "", "skip", str(exc))])
+                lab.check()
+            except EnvironmentMissing as exc:  # a mode this kernel lacks: a skip, its reason
+                self.run_folder.use(replace(self.run_folder.writer.context, proxy_mode=mode))
+                self.emit([self._row(mode, 0, "verdict", 0, "", Verdict.SKIP, str(exc))])
                 continue
-            lab = Lab(spec)
             lab.save_status = False  # the status file would hold every Service, every sync
             lab.up()
             try:
+                self.run_folder.attach(lab)
                 self._mode(lab, mode)
             finally:
                 lab.down()
@@ -174,19 +161,12 @@ class ScaleBench:
         metric: str,
         value: float,
         unit: str = "",
-        verdict: str = "pass",
+        verdict: Verdict = Verdict.PASS,
         detail: str = "",
-    ) -> Row:
-        return {
-            "scenario": "bench_scale",
-            "case": f"{mode}/N={n}",
-            "metric": metric,
-            "value": float(value),
-            "unit": unit,
-            "verdict": verdict,
-            "detail": detail,
-            "proxy_mode": mode,
-        }
+    ) -> ResultRow:
+        return ResultRow(
+            "bench_scale", f"{mode}/N={n}", metric, float(value), unit, verdict, detail
+        )
 
     def _mode(self, lab: Lab, mode: str) -> None:
         created = 0
@@ -207,7 +187,7 @@ class ScaleBench:
                                 "verdict",
                                 0,
                                 "",
-                                "skip",
+                                Verdict.SKIP,
                                 f"budget: N={n} predicted {predicted:.0f}s, "
                                 f"{self.remaining():.0f}s left",
                             )
@@ -226,8 +206,14 @@ class ScaleBench:
             self.emit(rows)
             last_cost = (n, cost)
 
-    def _measure(self, lab: Lab, mode: str, n: int, before_kb: int) -> list[Row]:
-        rows = [self._row(mode, n, f"{k}", v, "count") for k, v in _counts(lab).items()]
+    def _measure(self, lab: Lab, mode: str, n: int, before_kb: int) -> list[ResultRow]:
+        dataplane = lab.dataplane
+        if not isinstance(dataplane, ReferenceDataplane):
+            raise LabError(
+                "bench scale measures the reference proxier; use the reference dataplane"
+            )
+        counts = dataplane.count_rules("node1")
+        rows = [self._row(mode, n, f"{k}", v, "count") for k, v in counts.items()]
         rows.append(
             self._row(
                 mode,
@@ -238,17 +224,11 @@ class ScaleBench:
                 detail="MemAvailable drop, rough",
             )
         )
-        proxier = lab.dataplane.proxier  # type: ignore[attr-defined]
         runner = lab.runner("node1")
-        if hasattr(proxier, "forget"):
-            proxier.forget()  # the next sync loads everything, as on a kube-proxy restart
-        full = _timed(lambda: lab.dataplane.sync(lab.service_states()))
+        full = dataplane.full_sync()  # everything loaded, as on a kube-proxy restart
         rows.append(self._row(mode, n, "full_sync", full, "s", detail="render + load"))
         if mode == "iptables":
-            from kubelab.dataplanes.reference.proxier.base import ProxierContext
-
-            ctx = ProxierContext("node1", lab.spec.network.pod_cidr)
-            text = proxier.render(lab.service_states(), ctx)
+            text = dataplane.render_rules("node1")
             plain = _timed(lambda: runner.run(["iptables-restore"], input=text, timeout=600))
             rows.append(
                 self._row(
@@ -262,13 +242,14 @@ class ScaleBench:
             )
         added = lab.create_service(_spec(99_999))
         rows.append(self._row(mode, n, "add_one_service", added.seconds, "s"))
-        if getattr(proxier, "last_apply_seconds", None) is not None:
+        apply_seconds = dataplane.last_apply_seconds
+        if apply_seconds is not None:
             rows.append(
                 self._row(
                     mode,
                     n,
                     "add_one_service_apply",
-                    proxier.last_apply_seconds,
+                    apply_seconds,
                     "s",
                     detail="the nft -f transaction alone",
                 )
@@ -293,7 +274,7 @@ class ScaleBench:
         )
         return rows
 
-    def _latency(self, mode: str, n: int, label: str, values: list[float]) -> list[Row]:
+    def _latency(self, mode: str, n: int, label: str, values: list[float]) -> list[ResultRow]:
         p50, p90, p99 = np.percentile(values, [50, 90, 99])
         detail = f"{len(values)} sequential new connections"
         return [

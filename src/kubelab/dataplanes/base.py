@@ -1,59 +1,166 @@
-"""Who forwards packets. One abstract base; one concrete dataplane per file."""
+"""Who forwards packets, and the cluster verbs scenarios use. One abstract base; one
+concrete dataplane per file, named in `dataplanes/registry.py`.
+
+A dataplane owns the cluster's state (Services, pods, endpoint conditions) and programs
+the nodes, which it reaches only through the substrate's Runners. A dataplane backed by a
+real API server implements the same verbs with the Kubernetes client.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from kubelab.model import ServiceState
+from kubelab.hosts import Runner
+from kubelab.model import Service, ServiceState
+from kubelab.spec_common import DataplaneOptions, ServiceSpec, WorkloadSpec
 from kubelab.substrates.base import Substrate
-from kubelab.topology import PodInfo
+from kubelab.topology import NodeInfo, PodInfo, Topology
+
+if TYPE_CHECKING:
+    from kubelab.spec import LabSpec
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ProgrammingEvent:
+    """One change and its network-programming latency (kube-proxy's
+    network_programming_duration_seconds): published -> rules applied on every node."""
+
+    change: str
+    published_at: float  # time.time() when the changed object was published
+    seconds: float
 
 
 class Dataplane(ABC):
-    kind: str
+    kind: ClassVar[str]
+    Options: ClassVar[type[DataplaneOptions]]
 
-    def __init__(self, substrate: Substrate) -> None:
+    def __init__(self, spec: LabSpec, substrate: Substrate) -> None:
+        self.spec = spec
         self.substrate = substrate
-        self.topology = substrate.topology
+        self.topology = Topology(spec, substrate.inventory())
+        self.programming: list[ProgrammingEvent] = []
+        self.after_sync: list[Callable[[], None]] = []  # called after every sync
+
+    # --- lifecycle ----------------------------------------------------------------------------
 
     @abstractmethod
-    def up(self, services: list[ServiceState], pods: list[PodInfo]) -> None:
-        """Pod network, pods, and the first full sync of the Service rules."""
+    def check(self) -> list[str]:
+        """What the nodes and the client lack for this dataplane, one line each (before up;
+        through the substrate's probe runners)."""
+
+    @abstractmethod
+    def up(self, progress: Progress) -> None:
+        """Pod network, pods, and the first sync of the Service rules."""
 
     @abstractmethod
     def down(self) -> None:
-        """Forget per-lab state after the substrate removed everything."""
+        """Undo everything on the nodes (unless the substrate removes the nodes themselves),
+        also what a crashed run left; then forget per-lab state."""
 
     @abstractmethod
-    def sync(self, services: list[ServiceState]) -> dict[str, str]:
-        """Program every node for `services`; returns the text applied per node."""
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait until every delayed change (detections, graceful deletes) is applied."""
+
+    # --- cluster verbs ------------------------------------------------------------------------
 
     @abstractmethod
-    def add_pod(self, pod: PodInfo) -> None: ...
+    def create_services(self, specs: Sequence[ServiceSpec]) -> ProgrammingEvent:
+        """Create Services and program them in one sync."""
 
     @abstractmethod
-    def kill_pod(self, pod: PodInfo) -> None:
-        """The pod's server dies at once: listeners closed, open connections reset."""
+    def update_service(self, key: str, **changes: Any) -> float:
+        """Change a Service (e.g. external_traffic_policy="Local"); returns the latency."""
 
     @abstractmethod
-    def stop_pod(self, pod: PodInfo) -> None:
-        """Graceful stop: no new connections, open ones finish."""
+    def delete_services(self, keys: Sequence[str]) -> ProgrammingEvent: ...
 
     @abstractmethod
-    def remove_pod(self, pod: PodInfo) -> None:
-        """The pod's sandbox (namespace, veth) goes away."""
+    def create_workload(self, spec: WorkloadSpec) -> None: ...
 
     @abstractmethod
-    def dump_rules(self, node: str) -> str:
-        """The node's forwarding rules as its tools print them (iptables-save, ...)."""
+    def delete_workload(self, name: str) -> None: ...
+
+    @abstractmethod
+    def scale(self, workload: str, replicas: int) -> None: ...
+
+    @abstractmethod
+    def kill_pod(self, name: str) -> None:
+        """The pod dies at once; its endpoint leaves after the detection delay."""
+
+    @abstractmethod
+    def delete_pod(self, name: str, grace_s: float = 1.0, wait: bool = True) -> None:
+        """Graceful delete: terminating endpoint first, the pod stops after `grace_s`."""
+
+    @abstractmethod
+    def fail_node(self, name: str) -> None: ...
+
+    @abstractmethod
+    def heal_node(self, name: str) -> None: ...
+
+    @abstractmethod
+    def sync(self, change: str) -> ProgrammingEvent:
+        """Re-program every node from the current state."""
+
+    # --- state --------------------------------------------------------------------------------
+
+    @abstractmethod
+    def service(self, key: str) -> Service: ...
+
+    @abstractmethod
+    def service_states(self) -> list[ServiceState]: ...
+
+    @abstractmethod
+    def running_pods(self, workload: str, node: str | None = None) -> list[PodInfo]: ...
+
+    @abstractmethod
+    def objects(self) -> dict[str, Any]:
+        """The cluster as `kubectl get svc,endpointslices,pods,nodes -A -o json` prints it."""
+
+    @abstractmethod
+    def status(self) -> dict[str, Any]:
+        """Pods and Services for `kubelab status`."""
+
+    @property
+    def nodes(self) -> tuple[NodeInfo, ...]:
+        return self.topology.nodes
+
+    # --- members and inspection ---------------------------------------------------------------
+
+    @abstractmethod
+    def has_pod(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def pod_runner(self, name: str) -> Runner:
+        """How to run commands inside a pod."""
+
+    @property
+    @abstractmethod
+    def dump_command(self) -> tuple[str, ...]:
+        """The command whose output the rule auditor reads on a node."""
+
+    @abstractmethod
+    def dump_rules(self, node: str) -> str: ...
+
+    @abstractmethod
+    def count_rules(self, node: str) -> dict[str, int]:
+        """Rule, chain or virtual-server counts of the node's forwarding rules."""
 
     @abstractmethod
     def node_addresses(self, node: str) -> set[str]:
         """Every source address traffic masqueraded on `node` can carry."""
 
-    @property
     @abstractmethod
-    def proxy_mode(self) -> str: ...
+    def clear_time_wait(self, port: int) -> int:
+        """Delete TIME_WAIT conntrack entries for destination `port` on every node."""
+
+    @property
+    def proxy_mode(self) -> str:
+        return self.spec.dataplane.proxy_mode
 
     @property
     @abstractmethod

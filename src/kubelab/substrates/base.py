@@ -1,42 +1,86 @@
-"""Where nodes live. One abstract base; one concrete substrate per file."""
+"""Where nodes live. One abstract base; one concrete substrate per file, named in
+`substrates/registry.py`."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from kubelab.hosts import Runner
-from kubelab.topology import Topology
+from kubelab.inventory import Inventory
+from kubelab.spec_common import SubstrateOptions
+
+if TYPE_CHECKING:
+    from kubelab.spec import LabSpec
 
 
 class Substrate(ABC):
-    kind: str
+    kind: ClassVar[str]
+    Options: ClassVar[type[SubstrateOptions]]
+    # True when `down` removes the members themselves (namespaces, VMs): nothing a
+    # dataplane made on them needs undoing one by one.
+    disposable: ClassVar[bool] = False
 
-    def __init__(self, topology: Topology, state_dir: Path) -> None:
-        self.topology = topology
+    def __init__(self, spec: LabSpec, state_dir: Path) -> None:
+        self.spec = spec
         self.state_dir = state_dir
+
+    @classmethod
+    def complete(cls, data: dict[str, Any], base_dir: Path, source: str) -> dict[str, Any]:
+        """The raw spec mapping with what this substrate knows filled in, before it is
+        validated (paths made absolute, nodes taken from an inventory). Default: as is."""
+        return data
+
+    @abstractmethod
+    def check(self) -> list[str]:
+        """What this machine (or the hosts) lacks to run the lab, one line each with its
+        fix; empty when nothing is missing. Builds nothing."""
+
+    @abstractmethod
+    def inventory(self) -> Inventory:
+        """The nodes and the client, by name and address."""
 
     @abstractmethod
     def up(self) -> None:
-        """Create the nodes, the client and the node network. Idempotent after `down`."""
+        """Create (or reach) the nodes, the client and the node network."""
 
     @abstractmethod
     def down(self) -> None:
         """Remove everything this lab created, including what a crashed run left."""
 
     @abstractmethod
+    def exists(self) -> bool:
+        """Whether any part of this lab is present."""
+
+    @abstractmethod
     def runner(self, member: str) -> Runner:
-        """How to run a command on a member (node, client, pod)."""
+        """How to run commands on a node or the client once the lab is up."""
+
+    def probe_runner(self, member: str) -> Runner:
+        """A runner for checking a member before `up` (what it has installed)."""
+        return self.runner(member)
 
     @abstractmethod
     def set_node_link(self, node: str, up: bool) -> None:
         """Fail (up=False) or heal a node's link to the node network."""
 
-    @abstractmethod
-    def exists(self) -> bool:
-        """Whether any part of this lab is present."""
-
     @property
     @abstractmethod
     def ssh_config(self) -> Path:
-        """An ssh_config with one Host entry per node (and the client), used by testinfra."""
+        """An ssh_config with one Host entry per node and the client, used by testinfra."""
+
+    def become(self, member: str) -> bool:
+        """Whether commands on the member need sudo (its SSH user is not root)."""
+        return False
+
+    @abstractmethod
+    def location(self, member: str) -> str:
+        """Where a member is, for people (`kubelab status`): a namespace, a host."""
+
+    def kernels(self) -> dict[str, str]:
+        """Each node's own kernel release, as results record it."""
+        return {
+            m.name: self.runner(m.name).run(["uname", "-r"]).stdout.strip()
+            for m in self.inventory().nodes
+        }

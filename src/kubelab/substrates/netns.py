@@ -10,60 +10,100 @@ Nothing is created in the host's own namespace: every veth is created inside a l
 namespace and its peer moved straight into another lab namespace. No namespace has a
 default route or any link outside the lab.
 
-Nodes are reached over real SSH: ssh's ProxyCommand starts `sshd -i` inside the node's
+The harness runs commands in members with `ip netns exec` (NetnsRunner), and testinfra
+reaches nodes over real SSH: ssh's ProxyCommand starts `sshd -i` inside the node's
 namespace, speaking over a pipe, so testinfra's ssh backend runs unchanged against these
 nodes and against VMs, and no address is opened on the host.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
+from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pyroute2 import IPRoute
 
 from kubelab import netns_util
 from kubelab.errors import LabError
-from kubelab.hosts import NetnsRunner, Runner
+from kubelab.hosts import LocalRunner, NetnsRunner, Runner
+from kubelab.inventory import Inventory, Member
+from kubelab.naming import lab_netns, lab_prefix
+from kubelab.spec_common import SubstrateOptions
 from kubelab.substrates.base import Substrate
-from kubelab.topology import netns_prefix
 
+FABRIC = "fabric"  # the member holding the node network's bridge
 FABRIC_BRIDGE = "br0"
 SSHD = "/usr/sbin/sshd"
+TOOLS = ("ip", "ssh", "ssh-keygen")
+NODE_HOST_OFFSET = 10  # node i (1-based) gets node_cidr + 10 + i, as Vagrant labs usually do
+
+
+class NetnsOptions(SubstrateOptions):
+    """Nodes are network namespaces on the local kernel (the embedded lab)."""
+
+    kind: Literal["netns"]
 
 
 class NetnsSubstrate(Substrate):
     kind = "netns"
+    Options = NetnsOptions
+    disposable = True
 
     @property
     def prefix(self) -> str:
-        return netns_prefix(self.topology.lab_id)
+        return lab_prefix(self.spec.lab_id)
+
+    def netns(self, member: str) -> str:
+        return lab_netns(self.spec.lab_id, member)
+
+    @cached_property
+    def _inventory(self) -> Inventory:
+        net = self.spec.network.node_cidr
+        nodes = tuple(
+            Member(n.name, net.network_address + NODE_HOST_OFFSET + i)
+            for i, n in enumerate(self.spec.nodes, start=1)
+        )
+        return Inventory(nodes, Member(self.spec.client.name, net.broadcast_address - 1))
+
+    def inventory(self) -> Inventory:
+        return self._inventory
+
+    def check(self) -> list[str]:
+        if os.geteuid() != 0:
+            return [
+                "the netns lab needs root (network namespaces, iptables); "
+                "run as root, e.g. with sudo"
+            ]
+        missing = [t for t in TOOLS if shutil.which(t) is None]
+        lines = []
+        if missing:
+            lines.append(
+                f"missing tools: {', '.join(missing)}; install the Debian packages "
+                "iproute2 openssh-client"
+            )
+        if not Path(SSHD).exists():
+            lines.append(f"{SSHD} is missing; install openssh-server")
+        return lines
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def up(self) -> None:
-        topo = self.topology
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        netns_util.create_netns(topo.fabric_netns)
-        with IPRoute(netns=topo.fabric_netns) as ipr:
+        fabric = self.netns(FABRIC)
+        netns_util.create_netns(fabric)
+        with IPRoute(netns=fabric) as ipr:
             ipr.link("add", ifname=FABRIC_BRIDGE, kind="bridge")
             bridge = ipr.link_lookup(ifname=FABRIC_BRIDGE)[0]
             ipr.link("set", index=bridge, state="up")
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        plen = topo.spec.network.node_cidr.prefixlen
-        for node in topo.nodes:
-            self._attach(node.netns, node.name, str(node.ip), plen)
-            netns_util.set_sysctl(node.netns, "net/ipv4/ip_forward", "1")
-            # Node-originated traffic to a ClusterIP needs a route before OUTPUT's DNAT, as
-            # a real node's default route gives; this one stays on the node network.
-            with IPRoute(netns=node.netns) as ipr:
-                ipr.route(
-                    "add",
-                    dst=str(topo.spec.network.service_cidr),
-                    oif=ipr.link_lookup(ifname="eth0")[0],
-                )
-        self._attach(topo.client.netns, topo.client.name, str(topo.client.ip), plen)
+        plen = self.spec.network.node_cidr.prefixlen
+        for member in self._inventory.members():
+            self._attach(self.netns(member.name), member.name, str(member.address), plen)
         self._write_ssh_access()
 
     def _attach(self, ns: str, port_name: str, ip: str, prefixlen: int) -> None:
@@ -74,13 +114,13 @@ class NetnsSubstrate(Substrate):
                 "add",
                 ifname="eth0",
                 kind="veth",
-                peer={"ifname": port_name, "net_ns_fd": self.topology.fabric_netns},
+                peer={"ifname": port_name, "net_ns_fd": self.netns(FABRIC)},
             )
             eth0 = ipr.link_lookup(ifname="eth0")[0]
             ipr.addr("add", index=eth0, address=ip, prefixlen=prefixlen)
             ipr.link("set", index=eth0, state="up")
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        with IPRoute(netns=self.topology.fabric_netns) as ipr:
+        with IPRoute(netns=self.netns(FABRIC)) as ipr:
             port = ipr.link_lookup(ifname=port_name)[0]
             bridge = ipr.link_lookup(ifname=FABRIC_BRIDGE)[0]
             ipr.link("set", index=port, master=bridge, state="up")
@@ -102,19 +142,25 @@ class NetnsSubstrate(Substrate):
         return bool(netns_util.list_netns(self.prefix)) or self.state_dir.exists()
 
     def runner(self, member: str) -> Runner:
-        """Nodes, the client, `fabric`, and every pod that exists now."""
-        ns = self.topology.netns_name(member)
-        if not (netns_util.NETNS_DIR / ns).exists():
-            known = sorted(self.topology.members())
-            raise LabError(
-                f"no member named {member!r} (no namespace {ns}); members include {known}"
-            )
-        return NetnsRunner(member, ns)
+        """Nodes, the client and `fabric`. The members share this machine's file system,
+        so the harness's own interpreter (with Locust) is theirs too."""
+        known = [m.name for m in self._inventory.members()] + [FABRIC]
+        ns = self.netns(member)
+        if member not in known or not (netns_util.NETNS_DIR / ns).exists():
+            raise LabError(f"no member named {member!r} (no namespace {ns}); members are {known}")
+        return NetnsRunner(member, ns, python=sys.executable)
+
+    def location(self, member: str) -> str:
+        return f"netns {self.netns(member)}"
+
+    def probe_runner(self, member: str) -> Runner:
+        return LocalRunner(member, python=sys.executable)  # the members are this machine
 
     def set_node_link(self, node: str, up: bool) -> None:
         """Plug or unplug a node from the node network (its port on the fabric bridge)."""
-        with IPRoute(netns=self.topology.fabric_netns) as ipr:
-            port = ipr.link_lookup(ifname=self.topology.node(node).name)[0]
+        self._inventory.node(node)
+        with IPRoute(netns=self.netns(FABRIC)) as ipr:
+            port = ipr.link_lookup(ifname=node)[0]
             ipr.link("set", index=port, state="up" if up else "down")
 
     # --- SSH access ---------------------------------------------------------------------------
@@ -128,7 +174,7 @@ class NetnsSubstrate(Substrate):
             raise LabError(f"{SSHD} is missing; install the openssh-server package")
         d = self.state_dir
         for key in ("ssh_host_ed25519_key", "id_ed25519"):
-            comment = f"kubelab-{self.topology.lab_id}"
+            comment = f"kubelab-{self.spec.lab_id}"
             subprocess.run(
                 ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(d / key)],
                 check=True,
@@ -141,8 +187,7 @@ class NetnsSubstrate(Substrate):
             "UsePAM no\nStrictModes no\nPidFile none\nLogLevel ERROR\n"
         )
         host_key = (d / "ssh_host_ed25519_key.pub").read_text().split()[:2]
-        members = [(n.name, n.netns) for n in self.topology.nodes]
-        members.append((self.topology.client.name, self.topology.client.netns))
+        members = [(m.name, self.netns(m.name)) for m in self._inventory.members()]
         (d / "known_hosts").write_text(
             "".join(f"{name} {' '.join(host_key)}\n" for name, _ in members)
         )
@@ -153,7 +198,7 @@ class NetnsSubstrate(Substrate):
             f"  UserKnownHostsFile {d}/known_hosts\n  StrictHostKeyChecking yes\n"
             f"  BatchMode yes\n  LogLevel ERROR\n"
             f"  ControlPath {d}/cm-%h\n"
-            f"  ProxyCommand ip netns exec {ns} {SSHD} -i -f {d}/sshd_config\n"
+            f"  ProxyCommand nsenter --net=/run/netns/{ns} {SSHD} -i -f {d}/sshd_config\n"
             for name, ns in members
         ]
         self.ssh_config.write_text("\n".join(entries))

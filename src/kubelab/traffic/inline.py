@@ -11,26 +11,33 @@ from typing import Any
 
 from kubelab.errors import LabError
 from kubelab.hosts import Runner
+from kubelab.traffic.outcomes import CLASSIFY
 
 MAX_COUNT = 5000
 
-_HTTP = """
+_HTTP = (
+    CLASSIFY
+    + """
 import json, time, urllib.request
 out = []
 for _ in range({count}):
     t0 = time.monotonic()
     try:
         body = urllib.request.urlopen({url!r}, timeout={timeout}).read().decode()
-        out.append({{"ok": True, "body": body, "s": time.monotonic() - t0}})
+        out.append({{"ok": True, "body": body, "outcome": "ok", "s": time.monotonic() - t0}})
     except Exception as exc:
         reason = getattr(exc, "reason", exc)
         code = getattr(exc, "code", "")
         out.append({{"ok": False, "error": f"{{type(reason).__name__}}: {{code}} {{reason}}",
+                     "outcome": outcome(exc), "status": code or None,
                      "s": time.monotonic() - t0}})
 print(json.dumps(out))
 """
+)
 
-_PROBE = """
+_PROBE = (
+    CLASSIFY
+    + """
 import http.client, json
 out = []
 for _ in range({count}):
@@ -41,11 +48,14 @@ for _ in range({count}):
         c.request("GET", "/clientip", headers={{"Connection": "close"}})
         seen = c.getresponse().read().decode()
         c.close()
-        out.append({{"ok": True, "pod": pod, "client_ip": seen.rsplit(":", 1)[0]}})
+        out.append({{"ok": True, "pod": pod, "client_ip": seen.rsplit(":", 1)[0],
+                     "outcome": "ok"}})
     except Exception as exc:
-        out.append({{"ok": False, "error": type(exc).__name__ + ": " + str(exc)}})
+        out.append({{"ok": False, "error": type(exc).__name__ + ": " + str(exc),
+                     "outcome": outcome(exc)}})
 print(json.dumps(out))
 """
+)
 
 _UDP = """
 import json, socket, time
@@ -66,7 +76,7 @@ print(json.dumps(out))
 
 def _run(runner: Runner, script: str, budget: float) -> Any:
     result = runner.run(
-        ["python3", "-c", textwrap.dedent(script)], check=False, timeout=budget + 30
+        [runner.python, "-c", textwrap.dedent(script)], check=False, timeout=budget + 30
     )
     if not result.ok:
         raise LabError(f"{runner.name}: request loop failed: {result.stderr.strip()[-300:]}")

@@ -3,14 +3,16 @@
 `start_probes` runs Locust in the background (for failover: change the lab while traffic
 flows); `run_probes` is start + wait. Either way the run is bounded by its plan and stops
 by itself; `wait` kills it if it overruns its time limit.
+
+Everything goes through the client's Runner: the worker program (locust_worker.py, one
+file) and its plan are put on the client, it runs with the client's interpreter, and its
+samples are fetched back, so the client may be a namespace here or a host over SSH.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import tempfile
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +20,8 @@ import pandas as pd
 
 from kubelab.errors import LabError
 from kubelab.hosts import Runner
+
+WORKER = Path(__file__).with_name("locust_worker.py")
 
 SAMPLE_COLUMNS = ["t", "user", "ok", "pod", "client_ip", "client_port", "error", "latency_ms"]
 STARTUP_ALLOWANCE_S = 30.0  # importing Locust and spawning users, on a slow machine
@@ -52,41 +56,38 @@ class ProbeRun:
 
 
 class RunningProbes:
-    """A Locust run in progress inside the client's namespace."""
+    """A Locust run in progress on the client."""
 
-    def __init__(self, client: Runner, plan: ProbePlan, workdir: Path) -> None:
+    def __init__(self, client: Runner, plan: ProbePlan, workdir: str) -> None:
         self.plan = plan
-        self._tmp = tempfile.TemporaryDirectory(prefix="traffic-", dir=workdir)
-        tmp = Path(self._tmp.name)
-        self._samples = tmp / "samples.jsonl"
-        config = tmp / "config.json"
+        self.client = client
+        self._dir = f"{workdir}/traffic-{uuid.uuid4().hex[:12]}"
+        self._samples = f"{self._dir}/samples.jsonl"
+        worker = f"{self._dir}/locust_worker.py"
+        client.put(worker, WORKER.read_text())
         body = asdict(plan) | {
             "host": f"http://{plan.host}:{plan.port}",
             "duration": plan.duration_s,
-            "samples": str(self._samples),
+            "samples": self._samples,
         }
-        config.write_text(json.dumps(body))
-        argv = [sys.executable, "-m", "kubelab.traffic.locust_worker", "--config", str(config)]
-        self._proc = subprocess.Popen(
-            client.wrap(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        client.put(f"{self._dir}/config.json", json.dumps(body))
+        self._proc = client.start([client.python, worker, "--config", f"{self._dir}/config.json"])
 
     def wait(self) -> ProbeRun:
-        try:
-            out, err = self._proc.communicate(timeout=self.plan.duration_s + STARTUP_ALLOWANCE_S)
-        except subprocess.TimeoutExpired:
+        if self._proc.wait(self.plan.duration_s + STARTUP_ALLOWANCE_S) is None:
             self._proc.kill()
-            out, err = self._proc.communicate()
+        lines = []
+        while (line := self._proc.readline(5.0)) is not None:
+            lines.append(line)
         try:
-            if self._proc.returncode != 0 or not self._samples.exists():
-                tail = (err or out).strip().splitlines()[-3:]
-                raise LabError(
-                    f"traffic generator failed (rc {self._proc.returncode}): {' | '.join(tail)}"
-                )
-            summary = json.loads(out.strip().splitlines()[-1])
-            rows = [json.loads(line) for line in self._samples.read_text().splitlines() if line]
+            code = self._proc.wait(5.0)
+            got = self.client.run(["cat", self._samples], check=False)
+            if code != 0 or not got.ok or not lines:
+                raise LabError(f"traffic generator failed (rc {code}): {self._proc.stderr_tail}")
+            summary = json.loads(lines[-1])
+            rows = [json.loads(line) for line in got.stdout.splitlines() if line]
         finally:
-            self._tmp.cleanup()
+            self.client.run(["rm", "-rf", self._dir], check=False)
         frame = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
         return ProbeRun(
             self.plan,
@@ -97,11 +98,11 @@ class RunningProbes:
         )
 
 
-def start_probes(client: Runner, plan: ProbePlan, workdir: Path) -> RunningProbes:
-    """Start Locust inside the client's namespace. Scratch files go under `workdir` (the
-    lab's state dir), so `down` removes whatever a crash leaves."""
+def start_probes(client: Runner, plan: ProbePlan, workdir: str) -> RunningProbes:
+    """Start Locust on the client. Its files go under `workdir` there (the lab's folder on
+    the client), so `down` removes whatever a crash leaves."""
     return RunningProbes(client, plan, workdir)
 
 
-def run_probes(client: Runner, plan: ProbePlan, workdir: Path) -> ProbeRun:
+def run_probes(client: Runner, plan: ProbePlan, workdir: str) -> ProbeRun:
     return start_probes(client, plan, workdir).wait()

@@ -1,145 +1,375 @@
-"""The reference dataplane: kubelab's pod network, pod servers and kube-proxy-layout proxier."""
+"""The reference dataplane: kubelab's own control plane (cluster.py), pod network
+(network.py), pod servers (pods.py) and kube-proxy-layout proxier (proxier/).
+
+It reaches every node only through the substrate's Runner, so the same code runs in
+namespaces on this kernel, in VMs and on hosts over SSH. Churn happens as in a cluster:
+the change is accepted, the endpoints (or Service) object changes (at once, or after the
+detection delay for a pod that died or a node that failed), and every node is re-synced;
+each re-sync records its network-programming latency.
+"""
 
 from __future__ import annotations
 
-from kubelab.dataplanes.base import Dataplane
-from kubelab.dataplanes.reference import network
-from kubelab.dataplanes.reference.pods import PodServers
-from kubelab.dataplanes.reference.proxier import ProxierContext, proxier_for
-from kubelab.dataplanes.reference.proxier.nftables import NftablesProxier
-from kubelab.model import ServiceState, categorize
-from kubelab.spec import ReferenceDataplane as ReferenceOptions
-from kubelab.substrates.base import Substrate
-from kubelab.topology import PodInfo
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
-DUMP_COMMANDS = {
-    "iptables": ["iptables-save"],
-    "nftables": ["nft", "list", "ruleset"],
-    "ipvs": ["ipvsadm", "-S", "-n"],
-}
+from pydantic import Field
+
+from kubelab.dataplanes.base import Dataplane, ProgrammingEvent, Progress
+from kubelab.dataplanes.reference import network
+from kubelab.dataplanes.reference.cluster import ClusterState, PodRecord
+from kubelab.dataplanes.reference.kube_proxy_duties import HealthChecks, stale_udp_flows
+from kubelab.dataplanes.reference.pods import PodServers
+from kubelab.dataplanes.reference.proxier import Proxier, ProxierContext, proxier_for
+from kubelab.errors import LabError
+from kubelab.hosts import Runner
+from kubelab.model import Service, ServiceState
+from kubelab.naming import member_dir
+from kubelab.spec_common import DataplaneOptions, ServiceSpec, WorkloadSpec
+from kubelab.substrates.base import Substrate
+from kubelab.topology import NodeInfo, PodInfo
+
+if TYPE_CHECKING:
+    from kubelab.spec import LabSpec
+
+
+class ReferenceOptions(DataplaneOptions):
+    """kubelab's own pod network plus a proxier that writes kube-proxy's rule layout."""
+
+    kind: Literal["reference"]
+    proxy_mode: Literal["iptables", "nftables", "ipvs"] = "iptables"
+    # IPVS scheduler (kube-proxy's --ipvs-scheduler); only read in ipvs mode
+    scheduler: Literal["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh"] = (
+        "rr"
+    )
+    pod_network: Literal["host-gw", "vxlan"] = "host-gw"
+    endpoint_detection_delay_s: float = Field(1.0, ge=0, le=300)
 
 
 class ReferenceDataplane(Dataplane):
     kind = "reference"
+    Options = ReferenceOptions
 
-    def __init__(self, substrate: Substrate, options: ReferenceOptions) -> None:
-        super().__init__(substrate)
-        self.options = options
-        node_ips = {n.name: str(n.ip) for n in self.topology.nodes}
-        self.proxier = proxier_for(options.proxy_mode, options.scheduler, node_ips)
-        self.servers = PodServers(self.topology.lab_id, substrate.state_dir)
+    def __init__(self, spec: LabSpec, substrate: Substrate) -> None:
+        super().__init__(spec, substrate)
+        assert isinstance(spec.dataplane, ReferenceOptions)
+        self.options = spec.dataplane
+        node_ips = {n.name: str(n.ip) for n in self.nodes}
+        self.proxier: Proxier = proxier_for(
+            self.options.proxy_mode, self.options.scheduler, node_ips
+        )
+        self.cluster = ClusterState(spec, self.topology)
+        self.servers = PodServers(spec.lab_id, substrate.runner)
+        self.health = HealthChecks(self.servers)
         self._last: list[ServiceState] = []
-        self._health: dict[str, dict[int, int]] = {}  # node -> health port -> local count
-
-    @property
-    def proxy_mode(self) -> str:
-        return self.options.proxy_mode
+        self._lock = threading.RLock()
+        self._timers: list[threading.Thread] = []
 
     @property
     def cni(self) -> tuple[str, str]:
         return ("reference", self.options.pod_network)
 
-    def up(self, services: list[ServiceState], pods: list[PodInfo]) -> None:
-        network.build(self.topology, pods, self.options.pod_network)
-        self.servers.start(self.topology.nodes, pods)
-        self.sync(services)
+    def _folder(self, node: str) -> str:
+        return member_dir(self.spec.lab_id, node)
+
+    def _others(self, node: NodeInfo) -> list[NodeInfo]:
+        return [n for n in self.nodes if n.name != node.name]
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def check(self) -> list[str]:
+        lines = []
+        for node in self.nodes:
+            runner = self.substrate.probe_runner(node.name)
+            probe = 'for t; do command -v "$t" >/dev/null || echo "$t"; done'
+            tools = [*network.TOOLS, runner.python]
+            missing = runner.run(["sh", "-c", probe, "sh", *tools], check=False).stdout.split()
+            if missing:
+                lines.append(
+                    f"{node.name}: missing {', '.join(missing)}; install the Debian packages "
+                    "iproute2 procps python3"
+                )
+            lines += self.proxier.check(runner)
+        client = self.substrate.probe_runner(self.topology.client.name)
+        find = "import importlib.util as u, sys; sys.exit(u.find_spec('locust') is None)"
+        if not client.run([client.python, "-c", find], check=False).ok:
+            lines.append(
+                f"{client.name}: {client.python} cannot import locust; install it for that "
+                "interpreter (pip install locust) or set ansible_python_interpreter"
+            )
+        return lines
+
+    def up(self, progress: Progress) -> None:
+        pods = [r.info for r in self.cluster.pods.values()]
+        progress("pod network and pods")
+        for node in self.nodes:
+            runner = self.substrate.runner(node.name)
+            folder = self._folder(node.name)
+            network.setup_node(
+                runner,
+                node,
+                self._others(node),
+                self.options.pod_network,
+                self.spec.network.service_cidr,
+                folder,
+            )
+            network.add_pods(
+                runner, node, [p for p in pods if p.node == node.name], self.options.pod_network
+            )
+            if not self.substrate.disposable:
+                self.proxier.save_host_rules(runner, folder)
+        self.servers.start(self.nodes, pods)
+        progress("rules")
+        self.sync("lab up")
 
     def down(self) -> None:
-        self.servers.forget()
-        if isinstance(self.proxier, NftablesProxier):
-            self.proxier.forget()
-        self._last = []
-        self._health = {}
-
-    def sync(self, services: list[ServiceState]) -> dict[str, str]:
-        applied = {}
-        cluster_cidr = self.topology.spec.network.pod_cidr
-        for node in self.topology.nodes:
-            ctx = ProxierContext(node=node.name, cluster_cidr=cluster_cidr)
-            runner = self.substrate.runner(node.name)
-            applied[node.name] = self.proxier.sync(runner, services, ctx)
-        self._clear_stale_udp(services)
-        self._sync_health_checks(services)
-        self._last = services
-        return applied
-
-    # --- what kube-proxy does after writing rules ---------------------------------------------
-
-    def _sync_health_checks(self, services: list[ServiceState]) -> None:
-        """healthCheckNodePort: 200 on nodes with local ready endpoints, 503 elsewhere."""
-        for node in self.topology.nodes:
-            wanted: dict[int, tuple[str, int]] = {}
-            for state in services:
-                svc = state.service
-                if svc.health_check_node_port is None or not svc.external_local:
-                    continue
-                local = categorize(svc, state.endpoints, node.name).local
-                wanted[svc.health_check_node_port] = (svc.key, sum(1 for e in local if e.ready))
-            current = self._health.setdefault(node.name, {})
-            for port in [p for p in current if p not in wanted]:
-                self.servers.call(node, op="health", port=port, service="", local=-1)
-                del current[port]
-            for port, (key, count) in wanted.items():
-                if current.get(port) != count:
-                    self.servers.call(node, op="health", port=port, service=key, local=count)
-                    current[port] = count
-
-    def _clear_stale_udp(self, services: list[ServiceState]) -> None:
-        """Delete conntrack entries of UDP flows whose endpoint left, as kube-proxy does:
-        UDP has no connection to break, so the entry would keep sending to a dead pod."""
-        now = {s.service.key: s for s in services}
-        for old in self._last:
-            svc = old.service
-            if svc.headless:
-                continue
-            new = now.get(svc.key)
-            still = {e.ip for e in new.endpoints if e.ready} if new else set()
-            for port in (p for p in svc.ports if p.protocol == "UDP"):
-                for ep in old.endpoints_for(port):
-                    if not ep.ready or ep.ip in still:
-                        continue
-                    self._conntrack_delete(
-                        ["--orig-dst", str(svc.cluster_ip), "-p", "udp", "--dst-nat", str(ep.ip)]
+        self.settle()
+        self.servers.stop()
+        if not self.substrate.disposable:
+            for node in self.nodes:
+                try:
+                    runner = self.substrate.runner(node.name)
+                    folder = self._folder(node.name)
+                    runner.run(
+                        ["pkill", "-KILL", "-f", f"[/]{folder.lstrip('/')}/podserver"], check=False
                     )
-                    if port.node_port is not None:
-                        self._conntrack_delete(
-                            [
-                                "-p",
-                                "udp",
-                                "--orig-port-dst",
-                                str(port.node_port),
-                                "--dst-nat",
-                                str(ep.ip),
-                            ]
-                        )
+                    network.clean_node(runner, self.spec.lab_id, self._others(node), folder)
+                    self.proxier.restore_host_rules(runner, folder)
+                except Exception:
+                    continue
+        self.proxier.forget()
+        self._last = []
+        self.health.forget()
 
-    def _conntrack_delete(self, args: list[str]) -> None:
-        for node in self.topology.nodes:
-            # exit 1 = "0 flow entries have been deleted": nothing stale, which is fine
-            self.substrate.runner(node.name).run(["conntrack", "-D", *args], check=False)
+    def settle(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        for thread in list(self._timers):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._timers = [t for t in self._timers if t.is_alive()]
+
+    def _later(self, delay: float, action: Callable[[], None]) -> None:
+        def run() -> None:
+            time.sleep(delay)
+            action()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self._timers.append(thread)
+
+    # --- programming the nodes ----------------------------------------------------------------
+
+    def sync(self, change: str, published_at: float | None = None) -> ProgrammingEvent:
+        """Re-program every node and record the network-programming latency."""
+        with self._lock:
+            published = published_at if published_at is not None else time.time()
+            services = self.cluster.service_states()
+            for node in self.nodes:
+                ctx = ProxierContext(node=node.name, cluster_cidr=self.spec.network.pod_cidr)
+                self.proxier.sync(self.substrate.runner(node.name), services, ctx)
+            for args in stale_udp_flows(self._last, services):
+                for node in self.nodes:
+                    # exit 1 = "0 flow entries have been deleted": nothing stale, fine
+                    self.substrate.runner(node.name).run(["conntrack", "-D", *args], check=False)
+            self.health.sync(self.nodes, services)
+            self._last = services
+            event = ProgrammingEvent(change, published, time.time() - published)
+            self.programming.append(event)
+            for listener in self.after_sync:
+                listener()
+            return event
+
+    def full_sync(self) -> float:
+        """Forget incremental state and load every node's whole ruleset (benchmarks)."""
+        self.proxier.forget()
+        started = time.perf_counter()
+        self.sync("full sync")
+        return time.perf_counter() - started
+
+    @property
+    def last_apply_seconds(self) -> float | None:
+        """The last apply step alone, in modes that time it (nftables: the nft -f)."""
+        return self.proxier.last_apply_seconds
+
+    def render_rules(self, node: str) -> str:
+        """The text a full sync would load on `node` (benchmarks load it alone)."""
+        ctx = ProxierContext(node=node, cluster_cidr=self.spec.network.pod_cidr)
+        return self.proxier.render(self.cluster.service_states(), ctx)
+
+    # --- Services -----------------------------------------------------------------------------
+
+    def create_services(self, specs: Sequence[ServiceSpec]) -> ProgrammingEvent:
+        with self._lock:
+            self.cluster.add_services(list(specs))
+            names = ", ".join(f"{s.namespace}/{s.name}" for s in specs[:3])
+            more = f" (+{len(specs) - 3} more)" if len(specs) > 3 else ""
+            return self.sync(f"create Service {names}{more}")
+
+    def update_service(self, key: str, **changes: Any) -> float:
+        with self._lock:
+            self.cluster.change_service(key, changes)
+            return self.sync(f"update Service {key}: {changes}").seconds
+
+    def delete_services(self, keys: Sequence[str]) -> ProgrammingEvent:
+        with self._lock:
+            self.cluster.remove_services(list(keys))
+            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+            return self.sync(f"delete Service {', '.join(keys[:3])}{more}")
+
+    def service(self, key: str) -> Service:
+        return self.cluster.service(key)
+
+    def service_states(self) -> list[ServiceState]:
+        return self.cluster.service_states()
+
+    def objects(self) -> dict[str, Any]:
+        return self.cluster.objects()
+
+    def status(self) -> dict[str, Any]:
+        return self.cluster.status()
 
     # --- pods ---------------------------------------------------------------------------------
 
-    def add_pod(self, pod: PodInfo) -> None:
-        node = self.topology.node(pod.node)
-        network.build_pod(pod, node, self.options.pod_network)
-        self.servers.call(
-            node, op="add", name=pod.name, netns=pod.netns, port=pod.port, udp_port=pod.udp_port
-        )
+    def running_pods(self, workload: str, node: str | None = None) -> list[PodInfo]:
+        return self.cluster.running_pods(workload, node)
 
-    def kill_pod(self, pod: PodInfo) -> None:
-        self.servers.call(self.topology.node(pod.node), op="kill", name=pod.name)
+    def has_pod(self, name: str) -> bool:
+        return name in self.cluster.pods
 
-    def stop_pod(self, pod: PodInfo) -> None:
-        self.servers.call(self.topology.node(pod.node), op="stop", name=pod.name)
+    def pod_runner(self, name: str) -> Runner:
+        pod = self.cluster.pod(name).info
+        return self.substrate.runner(pod.node).inside(pod.netns, name)
 
-    def remove_pod(self, pod: PodInfo) -> None:
-        network.remove_pod(pod, self.topology.node(pod.node))
+    def _remove_pod(self, pod: PodInfo) -> None:
+        network.remove_pod(self.substrate.runner(pod.node), pod)
+
+    def kill_pod(self, name: str) -> None:
+        with self._lock:
+            record = self.cluster.pod(name)
+            self.servers.call(self.topology.node(record.info.node), op="kill", name=name)
+            record.phase = "Dead"
+
+        def notice() -> None:
+            with self._lock:
+                record.death_noticed = True
+                self.sync(f"pod {name} died", time.time())
+                self._remove_pod(record.info)
+                self.cluster.pods.pop(name, None)
+
+        self._later(self.options.endpoint_detection_delay_s, notice)
+
+    def delete_pod(self, name: str, grace_s: float = 1.0, wait: bool = True) -> None:
+        with self._lock:
+            record = self.cluster.pod(name)
+            record.phase = "Terminating"
+            self.sync(f"pod {name} terminating")
+
+        def finish() -> None:
+            self.servers.call(self.topology.node(record.info.node), op="stop", name=name)
+            with self._lock:
+                self._remove_pod(record.info)
+                self.cluster.pods.pop(name, None)
+                self.sync(f"pod {name} deleted")
+
+        if wait:
+            time.sleep(grace_s)
+            finish()
+        else:
+            self._later(grace_s, finish)
+
+    def create_workload(self, spec: WorkloadSpec) -> None:
+        with self._lock:
+            if spec.name in self.cluster.workloads:
+                raise LabError(f"workload {spec.name!r} exists; pick another name")
+            self.cluster.workloads[spec.name] = spec
+        per_node = (spec.pods_per_node or 0) * len(self.nodes)
+        self.scale(spec.name, spec.replicas if spec.replicas is not None else per_node)
+
+    def delete_workload(self, name: str) -> None:
+        try:
+            self.scale(name, 0)
+            self.settle()
+        finally:
+            self.cluster.workloads.pop(name, None)
+
+    def scale(self, workload: str, replicas: int) -> None:
+        """Add pods on the least loaded allowed nodes, or delete the newest gracefully."""
+        self.cluster.workload(workload)
+        current = self.cluster.running_pods(workload)
+        if replicas < len(current):
+            for pod in current[replicas:][::-1]:
+                self.delete_pod(pod.name, grace_s=0.2)
+            return
+        with self._lock:
+            for _ in range(replicas - len(current)):
+                pod = self.cluster.next_pod(workload)
+                node = self.topology.node(pod.node)
+                network.add_pods(
+                    self.substrate.runner(pod.node), node, [pod], self.options.pod_network
+                )
+                self.servers.call(
+                    node,
+                    op="add",
+                    name=pod.name,
+                    netns=pod.netns,
+                    port=pod.port,
+                    udp_port=pod.udp_port,
+                )
+                self.cluster.pods[pod.name] = PodRecord(pod)
+            self.sync(f"scale {workload} to {replicas}")
+
+    # --- nodes --------------------------------------------------------------------------------
+
+    def fail_node(self, name: str) -> None:
+        """Unplug the node now; its endpoints turn not-ready after the detection delay."""
+        self.topology.node(name)
+        self.substrate.set_node_link(name, up=False)
+        self.cluster.failed_nodes[name] = False
+
+        def notice() -> None:
+            with self._lock:
+                self.cluster.failed_nodes[name] = True
+                self.sync(f"node {name} not ready", time.time())
+
+        self._later(self.options.endpoint_detection_delay_s, notice)
+
+    def heal_node(self, name: str) -> None:
+        self.substrate.set_node_link(name, up=True)
+
+        def notice() -> None:
+            with self._lock:
+                self.cluster.failed_nodes.pop(name, None)
+                self.sync(f"node {name} ready", time.time())
+
+        self._later(self.options.endpoint_detection_delay_s, notice)
 
     # --- inspection ---------------------------------------------------------------------------
 
+    @property
+    def dump_command(self) -> tuple[str, ...]:
+        return self.proxier.dump_command
+
     def dump_rules(self, node: str) -> str:
-        return self.substrate.runner(node).run(DUMP_COMMANDS[self.proxy_mode]).stdout
+        return self.proxier.dump(self.substrate.runner(node))
+
+    def count_rules(self, node: str) -> dict[str, int]:
+        return self.proxier.count_rules(self.substrate.runner(node))
 
     def node_addresses(self, node: str) -> set[str]:
         return network.node_addresses(self.topology.node(node), self.options.pod_network)
+
+    def clear_time_wait(self, port: int) -> int:
+        """A new connection that reuses the 5-tuple of a TIME_WAIT entry reopens it and keeps
+        its old NAT decision, whatever the rules say now; a scenario that needs every probe
+        to be a new flow clears them first. Returns how many there were."""
+        cleared = 0
+        for node in self.nodes:
+            result = self.substrate.runner(node.name).run(
+                ["conntrack", "-D", "-p", "tcp", "--dport", str(port), "--state", "TIME_WAIT"],
+                check=False,
+            )
+            match = re.search(r"(\d+) flow entries have been deleted", result.stderr)
+            cleared += int(match.group(1)) if match else 0
+        return cleared

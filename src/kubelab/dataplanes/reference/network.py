@@ -1,5 +1,6 @@
-"""The reference pod network: a cni0 bridge per node, one namespace per pod, and routes
-between nodes either direct (host-gw) or through a VXLAN overlay (flannel-like).
+"""The reference pod network, built on each node through its Runner with `ip -batch`: a
+cni0 bridge per node, one namespace per pod, and routes between nodes either direct
+(host-gw) or through a VXLAN overlay (flannel-like).
 
 - host-gw (flannel's host-gw backend): every node routes each other node's pod slice via
   that node's IP on the node network.
@@ -9,28 +10,30 @@ between nodes either direct (host-gw) or through a VXLAN overlay (flannel-like).
   static FDB entry sending that MAC to the node's IP. Pods get MTU 1450.
 
 Hairpin is on for every pod port, so a pod can reach itself through a Service, as with the
-bridge CNI plugin's `hairpinMode: true`.
+bridge CNI plugin's `hairpinMode: true`. Only iproute2 and sysctl run on the node.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
+import ipaddress
+from collections.abc import Sequence
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
-
-from kubelab import netns_util
-from kubelab.topology import NodeInfo, PodInfo, Topology
+from kubelab.hosts import Runner, interface_of
+from kubelab.naming import lab_prefix
+from kubelab.topology import NodeInfo, PodInfo
 
 POD_BRIDGE = "cni0"
 VXLAN_DEVICE = "flannel.1"
 VXLAN_VNI = 1
 VXLAN_PORT = 8472
 VXLAN_MTU = 1450
-BRPORT_HAIRPIN = 1  # IFLA_BRPORT_MODE value for hairpin
-RTNH_F_ONLINK = 4
+TOOLS = ("ip", "bridge", "sysctl")
+SYSCTLS = {"net.ipv4.ip_forward": "1"}
+# bridged pod-to-pod replies must pass netfilter's reverse NAT; absent (and not needed)
+# where bridge netfilter is not loaded
+OPTIONAL_SYSCTLS = {"net.bridge.bridge-nf-call-iptables": "1"}
+SERVICE_ROUTE_MARK = "service-route"  # in the member folder: the route kubelab added
 
 
 def host_veth_name(pod: PodInfo) -> str:
@@ -47,103 +50,123 @@ def pod_mtu(mode: str) -> int:
     return VXLAN_MTU if mode == "vxlan" else 1500
 
 
-def build_node_bridge(node: NodeInfo, mode: str) -> None:
-    with IPRoute(netns=node.netns) as ipr:
-        ipr.link("add", ifname=POD_BRIDGE, kind="bridge", mtu=pod_mtu(mode))
-        idx = ipr.link_lookup(ifname=POD_BRIDGE)[0]
-        ipr.addr("add", index=idx, address=str(node.pod_gateway), prefixlen=node.pod_cidr.prefixlen)
-        ipr.link("set", index=idx, state="up")
+def batch(runner: Runner, lines: Sequence[str], netns: str | None = None) -> None:
+    """One `ip -batch` call: the lines run in order, the first failure stops it."""
+    if lines:
+        where = ["-n", netns] if netns else []
+        runner.run(["ip", *where, "-batch", "-"], input="\n".join(lines) + "\n")
 
 
-def forget_neighbour(pod: PodInfo, node: NodeInfo) -> None:
-    """Drop the node's ARP entry for the pod's IP. A new pod may get an address a deleted pod
-    had; a cached entry would keep sending to the old MAC for up to ~45 s."""
-    with IPRoute(netns=node.netns) as ipr:
-        bridge = ipr.link_lookup(ifname=POD_BRIDGE)[0]
-        for entry in ipr.get_neighbours(dst=str(pod.ip), ifindex=bridge):
-            if entry.get_attr("NDA_DST") != str(pod.ip):
-                continue
-            try:
-                ipr.neigh("del", dst=str(pod.ip), ifindex=bridge)
-            except NetlinkError as exc:
-                if exc.code != errno.ENOENT:  # gone already: the kernel expired it
-                    raise
-
-
-def build_pod(pod: PodInfo, node: NodeInfo, mode: str) -> None:
-    forget_neighbour(pod, node)
-    netns_util.create_netns(pod.netns)
-    veth = host_veth_name(pod)
+def setup_node(
+    runner: Runner,
+    node: NodeInfo,
+    others: Sequence[NodeInfo],
+    mode: str,
+    service_cidr: ipaddress.IPv4Network,
+    folder: str,
+) -> None:
+    """Sysctls, the pod bridge, routes to the other nodes' pods, and a route for the
+    Service CIDR where the node has none (a real node's default route plays that part)."""
+    for key, value in SYSCTLS.items():
+        saved = f"{folder}/{key}.before"
+        if not runner.run(["test", "-e", saved], check=False).ok:
+            runner.put(saved, runner.run(["sysctl", "-n", key]).stdout)
+        runner.run(["sysctl", "-q", "-w", f"{key}={value}"])
+    for key, value in OPTIONAL_SYSCTLS.items():
+        runner.run(["sysctl", "-q", "-w", f"{key}={value}"], check=False)
     mtu = pod_mtu(mode)
-    with IPRoute(netns=node.netns) as ipr:
-        ipr.link(
-            "add",
-            ifname=veth,
-            kind="veth",
-            mtu=mtu,
-            peer={"ifname": "eth0", "net_ns_fd": pod.netns, "mtu": mtu},
+    lines = [
+        f"link add {POD_BRIDGE} mtu {mtu} type bridge",
+        f"addr add {node.pod_gateway}/{node.pod_cidr.prefixlen} dev {POD_BRIDGE}",
+        f"link set {POD_BRIDGE} up",
+    ]
+    fdb = []
+    if mode == "vxlan":
+        lines += [
+            f"link add {VXLAN_DEVICE} address {vxlan_mac(node)} mtu {VXLAN_MTU} type vxlan "
+            f"id {VXLAN_VNI} dstport {VXLAN_PORT} local {node.ip} nolearning",
+            f"addr add {node.pod_cidr.network_address}/32 dev {VXLAN_DEVICE}",
+            f"link set {VXLAN_DEVICE} up",
+        ]
+        for other in others:
+            gateway = other.pod_cidr.network_address
+            lines += [
+                f"neigh add {gateway} lladdr {vxlan_mac(other)} dev {VXLAN_DEVICE} nud permanent",
+                f"route add {other.pod_cidr} via {gateway} dev {VXLAN_DEVICE} onlink",
+            ]
+            fdb.append(f"fdb append {vxlan_mac(other)} dev {VXLAN_DEVICE} dst {other.ip}")
+    else:
+        lines += [f"route add {other.pod_cidr} via {other.ip}" for other in others]
+    if not runner.run(["ip", "route", "get", str(service_cidr[1])], check=False).ok:
+        device = interface_of(runner, str(node.ip))
+        lines.append(f"route add {service_cidr} dev {device}")
+        runner.put(f"{folder}/{SERVICE_ROUTE_MARK}", f"{service_cidr} dev {device}\n")
+    batch(runner, lines)
+    if fdb:
+        runner.run(["bridge", "-batch", "-"], input="\n".join(fdb) + "\n")
+
+
+def add_pods(runner: Runner, node: NodeInfo, pods: Sequence[PodInfo], mode: str) -> None:
+    """Each pod: a namespace, a veth on cni0 with hairpin on, its address and routes."""
+    mtu = pod_mtu(mode)
+    forget_neighbours(runner, pods)
+    # not in the batch: `ip netns add` moves the ip process itself into the new namespace
+    names = [pod.netns for pod in pods]
+    runner.run(["sh", "-c", 'for n; do ip netns add "$n" || exit 1; done', "sh", *names])
+    node_side = []
+    for pod in pods:
+        veth = host_veth_name(pod)
+        node_side += [
+            f"link add {veth} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {pod.netns}",
+            f"link set {veth} master {POD_BRIDGE} up",
+            f"link set {veth} type bridge_slave hairpin on",
+        ]
+    batch(runner, node_side)
+    for pod in pods:
+        batch(
+            runner,
+            [
+                f"addr add {pod.ip}/{node.pod_cidr.prefixlen} dev eth0",
+                "link set eth0 up",
+                "link set lo up",
+                f"route add default via {node.pod_gateway}",
+            ],
+            netns=pod.netns,
         )
-        port = ipr.link_lookup(ifname=veth)[0]
-        bridge = ipr.link_lookup(ifname=POD_BRIDGE)[0]
-        ipr.link("set", index=port, master=bridge, state="up")
-        ipr.brport("set", index=port, mode=BRPORT_HAIRPIN)
-    with IPRoute(netns=pod.netns) as ipr:
-        eth0 = ipr.link_lookup(ifname="eth0")[0]
-        ipr.addr("add", index=eth0, address=str(pod.ip), prefixlen=node.pod_cidr.prefixlen)
-        ipr.link("set", index=eth0, state="up")
-        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        ipr.route("add", dst="0.0.0.0/0", gateway=str(node.pod_gateway))
 
 
-def remove_pod(pod: PodInfo, node: NodeInfo) -> None:
-    """Deleting the namespace deletes its veth, whose peer leaves the bridge with it."""
-    netns_util.remove_netns(pod.netns)
-    forget_neighbour(pod, node)
+def forget_neighbours(runner: Runner, pods: Sequence[PodInfo]) -> None:
+    """Drop the node's ARP entries for the pods' addresses. A new pod may get an address a
+    deleted pod had; a cached entry would keep sending to the old MAC for up to ~45 s."""
+    lines = [f"neigh del {pod.ip} dev {POD_BRIDGE}" for pod in pods]
+    if lines:  # -force: an entry the kernel already expired is not an error
+        runner.run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n", check=False)
 
 
-def add_host_gw_routes(topology: Topology) -> None:
-    """On every node, a route to each other node's pod slice via that node's IP."""
-    for node in topology.nodes:
-        with IPRoute(netns=node.netns) as ipr:
-            for other in topology.nodes:
-                if other.name != node.name:
-                    ipr.route("add", dst=str(other.pod_cidr), gateway=str(other.ip))
+def remove_pod(runner: Runner, pod: PodInfo) -> None:
+    """Deleting the pod's eth0 deletes the veth pair at once; then its namespace."""
+    runner.run(["ip", "-n", pod.netns, "link", "del", "eth0"], check=False)
+    runner.run(["ip", "netns", "del", pod.netns], check=False)
+    forget_neighbours(runner, [pod])
 
 
-def add_vxlan_overlay(topology: Topology) -> None:
-    for node in topology.nodes:
-        with IPRoute(netns=node.netns) as ipr:
-            ipr.link(
-                "add",
-                ifname=VXLAN_DEVICE,
-                kind="vxlan",
-                vxlan_id=VXLAN_VNI,
-                vxlan_port=VXLAN_PORT,
-                vxlan_local=str(node.ip),
-                vxlan_learning=0,
-                address=vxlan_mac(node),
-                mtu=VXLAN_MTU,
-            )
-            dev = ipr.link_lookup(ifname=VXLAN_DEVICE)[0]
-            ipr.addr("add", index=dev, address=str(node.pod_cidr.network_address), prefixlen=32)
-            ipr.link("set", index=dev, state="up")
-            for other in topology.nodes:
-                if other.name == node.name:
-                    continue
-                gateway = str(other.pod_cidr.network_address)
-                ipr.neigh(
-                    "add", dst=gateway, lladdr=vxlan_mac(other), ifindex=dev, state=NUD_PERMANENT
-                )
-                ipr.fdb(
-                    "add",
-                    ifindex=dev,
-                    lladdr=vxlan_mac(other),
-                    dst=str(other.ip),
-                    state=NUD_PERMANENT,
-                )
-                ipr.route(
-                    "add", dst=str(other.pod_cidr), gateway=gateway, oif=dev, flags=RTNH_F_ONLINK
-                )
+def clean_node(runner: Runner, lab_id: str, others: Sequence[NodeInfo], folder: str) -> None:
+    """Undo setup_node and every pod of the lab on a node that outlives the lab (also
+    after a crash: everything is found by name). Missing pieces are not errors."""
+    listed = runner.run(["ip", "netns", "list"], check=False).stdout.split("\n")
+    for name in [line.split()[0] for line in listed if line.startswith(lab_prefix(lab_id))]:
+        runner.run(["ip", "-n", name, "link", "del", "eth0"], check=False)
+        runner.run(["ip", "netns", "del", name], check=False)
+    lines = [f"link del {POD_BRIDGE}", f"link del {VXLAN_DEVICE}"]
+    lines += [f"route del {other.pod_cidr}" for other in others]
+    mark = runner.run(["cat", f"{folder}/{SERVICE_ROUTE_MARK}"], check=False)
+    if mark.ok and mark.stdout.strip():
+        lines.append(f"route del {mark.stdout.strip()}")
+    runner.run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n", check=False)
+    for key in SYSCTLS:
+        saved = runner.run(["cat", f"{folder}/{key}.before"], check=False)
+        if saved.ok and saved.stdout.strip():
+            runner.run(["sysctl", "-q", "-w", f"{key}={saved.stdout.strip()}"], check=False)
 
 
 def node_addresses(node: NodeInfo, mode: str) -> set[str]:
@@ -152,14 +175,3 @@ def node_addresses(node: NodeInfo, mode: str) -> set[str]:
     if mode == "vxlan":
         out.add(str(node.pod_cidr.network_address))
     return out
-
-
-def build(topology: Topology, pods: list[PodInfo], mode: str) -> None:
-    for node in topology.nodes:
-        build_node_bridge(node, mode)
-    for pod in pods:
-        build_pod(pod, topology.node(pod.node), mode)
-    if mode == "vxlan":
-        add_vxlan_overlay(topology)
-    else:
-        add_host_gw_routes(topology)

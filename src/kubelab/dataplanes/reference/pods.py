@@ -1,81 +1,70 @@
-"""Pod server processes (one per node, inside the node's namespace) and their control client."""
+"""Pod server processes (one per node) and their control client, through the node's Runner.
+
+The pod server is one self-contained file (podserver.py, standard library only). It is
+copied to the node, started there with the node's interpreter, and driven over its stdin
+and stdout, so the same code serves namespaces on this kernel, VMs and hosts over SSH.
+"""
 
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kubelab.errors import LabError
+from kubelab.hosts import Process, Runner
+from kubelab.naming import member_dir
 from kubelab.topology import NodeInfo, PodInfo
 
 READY_TIMEOUT = 15.0
 CONTROL_TIMEOUT = 30.0
+PROGRAM = Path(__file__).with_name("podserver.py")
+
+
+def program_path(lab_id: str, node: str) -> str:
+    return f"{member_dir(lab_id, node)}/podserver.py"
 
 
 class PodServers:
-    """Starts, drives and forgets the pod servers of one lab."""
+    """Starts, drives and stops the pod servers of one lab."""
 
-    def __init__(self, lab_id: str, state_dir: Path) -> None:
+    def __init__(self, lab_id: str, runner: Callable[[str], Runner]) -> None:
         self.lab_id = lab_id
-        self.state_dir = state_dir
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def _path(self, node: NodeInfo, suffix: str) -> Path:
-        return self.state_dir / f"podserver-{node.name}.{suffix}"
+        self.runner = runner
+        self._procs: dict[str, Process] = {}
 
     def start(self, nodes: tuple[NodeInfo, ...], pods: list[PodInfo]) -> None:
         """Start every node's server with its first pods and wait until each listens."""
-        waiting = []
+        source = PROGRAM.read_text()
         for node in nodes:
-            ready = self._path(node, "ready")
-            ready.unlink(missing_ok=True)
-            argv = [
-                "ip", "netns", "exec", node.netns,
-                sys.executable, "-m", "kubelab.dataplanes.reference.podserver",
-                "--lab", self.lab_id, "--ready", str(ready),
-                "--control", str(self._path(node, "sock")),
-            ]  # fmt: skip
+            runner = self.runner(node.name)
+            path = program_path(self.lab_id, node.name)
+            runner.put(path, source)
+            argv = [runner.python, path, "--lab", self.lab_id]
             for pod in pods:
                 if pod.node == node.name:
                     argv += ["--pod", f"{pod.name}={pod.netns}={pod.port}={pod.udp_port}"]
-            log = self._path(node, "log").open("wb")
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-            )
-            self._procs[node.name] = proc
-            waiting.append((node, proc, ready))
-        deadline = time.monotonic() + READY_TIMEOUT
-        for node, proc, ready in waiting:
-            while not ready.exists():
-                if proc.poll() is not None:
-                    tail = self._path(node, "log").read_text()[-400:].strip()
-                    raise LabError(f"pod server on {node.name} exited: {tail}")
-                if time.monotonic() > deadline:
-                    raise LabError(f"pod server on {node.name} not ready in {READY_TIMEOUT}s")
-                time.sleep(0.02)
+            self._procs[node.name] = runner.start(argv)
+        for name, proc in self._procs.items():
+            line = proc.readline(READY_TIMEOUT)
+            if line is None or "ready" not in line:
+                raise LabError(f"pod server on {name} did not start: {proc.stderr_tail}")
 
     def call(self, node: NodeInfo, **message: Any) -> None:
         """Send one control message to the node's server and wait for its answer."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(CONTROL_TIMEOUT)
-            try:
-                sock.connect(str(self._path(node, "sock")))
-                sock.sendall((json.dumps(message) + "\n").encode())
-                reply = json.loads(sock.makefile().readline())
-            except (OSError, ValueError) as exc:
-                raise LabError(
-                    f"pod server on {node.name}: {message['op']} failed: {exc}"
-                ) from None
+        proc = self._procs.get(node.name)
+        if proc is None:
+            raise LabError(f"pod server on {node.name} is not running")
+        try:
+            reply = json.loads(proc.ask(json.dumps(message), CONTROL_TIMEOUT))
+        except (LabError, ValueError) as exc:
+            raise LabError(f"pod server on {node.name}: {message['op']} failed: {exc}") from None
         if not reply.get("ok"):
             raise LabError(f"pod server on {node.name}: {message['op']}: {reply.get('error')}")
 
-    def forget(self) -> None:
-        """Reap the servers after the substrate killed them."""
+    def stop(self) -> None:
+        """Kill every server this process started (a crashed run's are found by path)."""
         for proc in self._procs.values():
-            proc.wait(timeout=5)
+            proc.kill()
         self._procs.clear()

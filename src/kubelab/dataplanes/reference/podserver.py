@@ -12,7 +12,9 @@ UDP (`udp_port`), as agnhost netexec: "hostname" -> pod name; "echo x" -> x;
 The same process answers kube-proxy's healthCheckNodePort on the node: 200 with the number
 of local endpoints when there are some, 503 when there are none.
 
-A control socket (JSON lines) changes pods while it runs:
+Its stdin and stdout are the control channel (JSON lines, one answer per message), so the
+harness drives it through any Runner: a namespace here, or SSH to a host. It prints
+{"ready": PID} once every first pod listens.
   {"op": "add", "name", "netns", "port", "udp_port"}   a new pod starts listening
   {"op": "kill", "name"}    the pod dies at once: listeners closed, connections reset
   {"op": "stop", "name"}    graceful: no new connections, open ones finish, then close
@@ -33,7 +35,6 @@ import struct
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -257,44 +258,51 @@ class PodServer:
         server = await asyncio.start_server(respond, "0.0.0.0", port, reuse_address=True)
         self.health[port] = (server, state)
 
-    async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle_control(self, line: bytes) -> dict[str, Any]:
         try:
-            while line := await reader.readline():
-                try:
-                    msg = json.loads(line)
-                    op = msg["op"]
-                    if op == "add":
-                        await self.add(msg["name"], msg["netns"], msg["port"], msg["udp_port"])
-                    elif op == "kill":
-                        self.kill(msg["name"])
-                    elif op == "stop":
-                        await self.stop(msg["name"])
-                    elif op == "health":
-                        await self.set_health(msg["port"], msg["service"], msg["local"])
-                    else:
-                        raise ValueError(f"unknown op {op!r}")
-                    reply: dict[str, Any] = {"ok": True}
-                except Exception as exc:  # report to the caller, keep serving
-                    reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-                writer.write((json.dumps(reply) + "\n").encode())
-                await writer.drain()
-        finally:
-            writer.close()
+            msg = json.loads(line)
+            op = msg["op"]
+            if op == "add":
+                await self.add(msg["name"], msg["netns"], msg["port"], msg["udp_port"])
+            elif op == "kill":
+                self.kill(msg["name"])
+            elif op == "stop":
+                await self.stop(msg["name"])
+            elif op == "health":
+                await self.set_health(msg["port"], msg["service"], msg["local"])
+            else:
+                raise ValueError(f"unknown op {op!r}")
+            return {"ok": True}
+        except Exception as exc:  # report to the caller, keep serving
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
-async def serve(pods: list[tuple[str, str, int, int]], control: Path, ready: Path) -> None:
+def reply(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+async def serve(pods: list[tuple[str, str, int, int]]) -> None:
+    """Serve until SIGTERM or SIGKILL; one control message per stdin line, one answer per
+    stdout line. When stdin closes (`kubelab up` has exited) the pods go on serving."""
     server = PodServer()
     for name, ns, port, udp_port in pods:
         await server.add(name, ns, port, udp_port)
-    control.unlink(missing_ok=True)
-    ctl = await asyncio.start_unix_server(server.control, path=str(control))
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    control = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(control), sys.stdin)
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    ready.write_text(f"{os.getpid()}\n")
+    reply({"ready": os.getpid()})
+
+    async def read_control() -> None:
+        while line := await control.readline():
+            reply(await server.handle_control(line))
+
+    reader = asyncio.create_task(read_control())
     await stop.wait()
-    ctl.close()
+    reader.cancel()
     for name in list(server.pods):
         server.kill(name)
 
@@ -302,15 +310,13 @@ async def serve(pods: list[tuple[str, str, int, int]], control: Path, ready: Pat
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kubelab-podserver")
     parser.add_argument("--lab", required=True, help="lab id (names the process)")
-    parser.add_argument("--ready", required=True, type=Path, help="file written when serving")
-    parser.add_argument("--control", required=True, type=Path, help="control socket path")
     parser.add_argument("--pod", action="append", default=[], help="NAME=NETNS=PORT=UDPPORT")
     args = parser.parse_args(argv)
     pods = []
     for item in args.pod:
         name, ns, port, udp_port = item.split("=")
         pods.append((name, ns, int(port), int(udp_port)))
-    asyncio.run(serve(pods, args.control, args.ready))
+    asyncio.run(serve(pods))
     return 0
 
 

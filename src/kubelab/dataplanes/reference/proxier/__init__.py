@@ -1,6 +1,10 @@
-"""Proxiers of the reference dataplane: one module per proxy mode, picked by one switch."""
+"""Proxiers of the reference dataplane: one module per proxy mode, named here.
 
-from kubelab.dataplanes.reference.proxier.base import Proxier, ProxierContext
+Adding a mode: a Proxier subclass in its own module (render, apply, and the facts it
+differs in from the base), one line in PROXIERS, and a parser for its dump in rules/.
+"""
+
+from kubelab.dataplanes.reference.proxier.base import KernelFeature, Proxier, ProxierContext
 from kubelab.dataplanes.reference.proxier.iptables import IptablesProxier
 from kubelab.dataplanes.reference.proxier.ipvs import IpvsProxier
 from kubelab.dataplanes.reference.proxier.nftables import NftablesProxier
@@ -15,15 +19,14 @@ PROXIERS: dict[str, type[Proxier]] = {
 def proxier_for(
     mode: str, scheduler: str = "rr", node_ips: dict[str, str] | None = None
 ) -> Proxier:
-    if mode == IpvsProxier.mode:
-        return IpvsProxier(scheduler, node_ips)
-    return PROXIERS[mode]()
+    return PROXIERS[mode](scheduler, node_ips)
 
 
 __all__ = [
     "PROXIERS",
     "IptablesProxier",
     "IpvsProxier",
+    "KernelFeature",
     "NftablesProxier",
     "Proxier",
     "ProxierContext",

@@ -1,4 +1,7 @@
-"""The proxier interface: one pure render step and one atomic apply step per mode."""
+"""The proxier interface: one pure render step and one atomic apply step per mode, and
+every fact about the mode (tools, kernel features, dump command, rule counts, how to undo
+it on a host that outlives the lab), with defaults here. One module per mode; the
+registry in `proxier/__init__.py` names them."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from typing import ClassVar
 from kubelab.hosts import Runner
 from kubelab.model import ServiceState
 
+IPTABLES_TABLES = ("filter", "nat")  # the tables the iptables-based modes write
+
 
 @dataclass(frozen=True)
 class ProxierContext:
@@ -19,8 +24,29 @@ class ProxierContext:
     cluster_cidr: ipaddress.IPv4Network  # the pod CIDR: traffic from inside it is not masqueraded
 
 
+@dataclass(frozen=True)
+class KernelFeature:
+    """A file the node's kernel shows when it has a feature, and what to say without it."""
+
+    path: str
+    missing: str
+
+
 class Proxier(ABC):
     mode: ClassVar[str]
+    # what the node needs, and the Debian packages that bring it
+    tools: ClassVar[tuple[str, ...]] = ("iptables-restore", "iptables-save", "conntrack")
+    packages: ClassVar[str] = "iptables conntrack"
+    kernel_features: ClassVar[tuple[KernelFeature, ...]] = ()
+    # the dump the rule auditor reads (kubelab audit, the rules scenario)
+    dump_command: ClassVar[tuple[str, ...]] = ("iptables-save",)
+    # the saved ruleset a host had before the lab, restored at down (non-disposable hosts)
+    SAVED_IPTABLES = "iptables.before"
+
+    def __init__(self, scheduler: str = "rr", node_ips: dict[str, str] | None = None) -> None:
+        self.scheduler = scheduler  # IPVS only
+        self.node_ips = node_ips or {}
+        self.last_apply_seconds: float | None = None  # set by modes that time their apply
 
     @abstractmethod
     def render(self, services: list[ServiceState], ctx: ProxierContext) -> str:
@@ -34,3 +60,52 @@ class Proxier(ABC):
         text = self.render(services, ctx)
         self.apply(runner, text)
         return text
+
+    def forget(self) -> None:  # noqa: B027 - most modes keep no incremental state
+        """Drop incremental state: the next sync of every node loads everything."""
+
+    def check(self, runner: Runner) -> list[str]:
+        """What the node lacks for this mode, one line each with its fix."""
+        probe = 'for t; do command -v "$t" >/dev/null || echo "$t"; done'
+        missing = runner.run(["sh", "-c", probe, "sh", *self.tools], check=False).stdout.split()
+        lines = []
+        if missing:
+            lines.append(
+                f"{runner.name}: missing {', '.join(missing)} for proxy mode {self.mode}; "
+                f"install the Debian packages {self.packages}"
+            )
+        for feature in self.kernel_features:
+            if not runner.run(["test", "-e", feature.path], check=False).ok:
+                lines.append(f"{runner.name}: {feature.missing}")
+        return lines
+
+    def dump(self, runner: Runner) -> str:
+        return runner.run(list(self.dump_command)).stdout
+
+    def count_rules(self, runner: Runner) -> dict[str, int]:
+        """Rule and chain counts of the node's ruleset (benchmarks record them)."""
+        dump = runner.run(["iptables-save"]).stdout
+        return {"rules": dump.count("\n-A "), "chains": dump.count("\n:")}
+
+    def save_host_rules(self, runner: Runner, folder: str) -> None:
+        """Before the first sync on a host that outlives the lab: keep what it had."""
+        saved = f"{folder}/{self.SAVED_IPTABLES}"
+        if not runner.run(["test", "-e", saved], check=False).ok:
+            runner.put(saved, runner.run(["iptables-save"]).stdout)
+
+    def restore_host_rules(self, runner: Runner, folder: str) -> None:
+        """At down on such a host: put back what it had before the lab. A table it did not
+        have is emptied and, with the nf_tables backend, removed again."""
+        saved = f"{folder}/{self.SAVED_IPTABLES}"
+        if not runner.run(["test", "-e", saved], check=False).ok:
+            return
+        text = runner.get(saved)
+        had = {line[1:].strip() for line in text.splitlines() if line.startswith("*")}
+        if text.strip():
+            runner.run(["iptables-restore"], input=text)
+        nft_backend = "nf_tables" in runner.run(["iptables", "-V"], check=False).stdout
+        for table in sorted(set(IPTABLES_TABLES) - had):
+            runner.run(["iptables", "-t", table, "-F"], check=False)
+            runner.run(["iptables", "-t", table, "-X"], check=False)
+            if nft_backend:
+                runner.run(["nft", "delete", "table", "ip", table], check=False)

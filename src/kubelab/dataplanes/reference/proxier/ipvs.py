@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from kubelab import naming as n
-from kubelab.dataplanes.reference.proxier.base import Proxier, ProxierContext
+from kubelab.dataplanes.reference.proxier.base import KernelFeature, Proxier, ProxierContext
 from kubelab.hosts import Runner
 from kubelab.model import ServiceState, categorize
 
@@ -34,15 +34,24 @@ IPSETS = {
 class IpvsProxier(Proxier):
     mode: ClassVar[str] = "ipvs"
 
-    def __init__(self, scheduler: str = "rr", node_ip: dict[str, str] | None = None) -> None:
-        self.scheduler = scheduler
-        self.node_ip = node_ip or {}
+    tools: ClassVar[tuple[str, ...]] = (
+        "ipvsadm", "ipset", "iptables-restore", "iptables-save", "conntrack",
+    )  # fmt: skip
+    packages: ClassVar[str] = "ipvsadm ipset iptables conntrack"
+    kernel_features: ClassVar[tuple[KernelFeature, ...]] = (
+        KernelFeature(
+            "/proc/net/ip_vs",
+            "dataplane.proxy_mode ipvs needs the kernel's ip_vs, and this kernel has none "
+            "(no /proc/net/ip_vs); run IPVS labs in VMs, or use iptables or nftables here",
+        ),
+    )
+    dump_command: ClassVar[tuple[str, ...]] = ("ipvsadm", "-S", "-n")
 
     def render(self, services: list[ServiceState], ctx: ProxierContext) -> str:
         addresses: list[str] = []
         members: dict[str, list[str]] = {name: [] for name in IPSETS}
         virtual: list[str] = []
-        node_ip = self.node_ip.get(ctx.node)
+        node_ip = self.node_ips.get(ctx.node)
         for state in services:
             svc = state.service
             if svc.headless:
@@ -129,3 +138,17 @@ class IpvsProxier(Proxier):
         runner.run(["iptables-restore"], input=part["iptables"])
         runner.run(["ipvsadm", "-C"])
         runner.run(["ipvsadm", "-R"], input=part["ipvsadm"])
+
+    def count_rules(self, runner: Runner) -> dict[str, int]:
+        dump = self.dump(runner)
+        return {
+            "virtual_servers": dump.count("-A "),
+            "real_servers": dump.count("-a "),
+        }
+
+    def restore_host_rules(self, runner: Runner, folder: str) -> None:
+        runner.run(["ipvsadm", "-C"], check=False)
+        runner.run(["ip", "link", "del", DUMMY], check=False)
+        super().restore_host_rules(runner, folder)  # iptables first: its rules use the sets
+        for name in IPSETS:
+            runner.run(["ipset", "destroy", name], check=False)

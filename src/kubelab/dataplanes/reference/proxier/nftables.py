@@ -17,6 +17,7 @@ in the same transaction (kernels >= 6.2 allow it; kube-proxy waits a second for 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -109,10 +110,14 @@ def _chain_header(name: str) -> str:
 class NftablesProxier(Proxier):
     mode: ClassVar[str] = "nftables"
 
-    def __init__(self) -> None:
+    tools: ClassVar[tuple[str, ...]] = ("nft", "conntrack")
+    packages: ClassVar[str] = "nftables conntrack"
+    dump_command: ClassVar[tuple[str, ...]] = ("nft", "-j", "list", "ruleset")
+
+    def __init__(self, scheduler: str = "rr", node_ips: dict[str, str] | None = None) -> None:
+        super().__init__(scheduler, node_ips)
         # node -> Service key -> the fragment last loaded there
         self._applied: dict[str, dict[str, _Fragment]] = {}
-        self.last_apply_seconds: float | None = None  # the last nft -f alone (benchmarks)
 
     # --- render -------------------------------------------------------------------------------
 
@@ -368,3 +373,17 @@ class NftablesProxier(Proxier):
         """The lab went down, or a benchmark wants a full load: the next sync of every node
         loads the whole table."""
         self._applied.clear()
+
+    def count_rules(self, runner: Runner) -> dict[str, int]:
+        doc = json.loads(self.dump(runner))["nftables"]
+        return {
+            "rules": sum(1 for o in doc if "rule" in o),
+            "chains": sum(1 for o in doc if "chain" in o),
+            "map_elements": sum(len(o["map"].get("elem", [])) for o in doc if "map" in o),
+        }
+
+    def save_host_rules(self, runner: Runner, folder: str) -> None:
+        """The table is kube-proxy's own: nothing of the host's needs keeping."""
+
+    def restore_host_rules(self, runner: Runner, folder: str) -> None:
+        runner.run(["nft", "delete", "table", *T.split()], check=False)

@@ -1,0 +1,310 @@
+"""The reference dataplane's own small control plane: what an API server and the
+endpoints controller hold on a real cluster. Services, workloads, pods and their phases,
+node readiness, IP and NodePort allocation, and the EndpointSlices that follow from them.
+
+Pure state, no I/O and no timers: the dataplane changes it and then programs the nodes.
+`objects()` exports it as `kubectl get svc,endpointslices,pods,nodes -A -o json` prints a
+cluster, so the rule auditor computes expected tables the same way for labs and clusters.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from kubelab.errors import LabError
+from kubelab.model import Endpoint, Service, ServiceState, allocate_node_port, service_from_spec
+from kubelab.spec_common import ServiceSpec, WorkloadSpec
+from kubelab.topology import PodInfo, Topology
+
+if TYPE_CHECKING:
+    from kubelab.spec import LabSpec
+
+Phase = Literal["Running", "Terminating", "Dead"]
+
+
+@dataclass
+class PodRecord:
+    info: PodInfo
+    phase: Phase = "Running"
+    death_noticed: bool = False  # the endpoints controller has seen that it died
+
+
+def _present(**fields: Any) -> dict[str, Any]:
+    """The fields that are set, as the API server omits unset ones."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+class ClusterState:
+    def __init__(self, spec: LabSpec, topology: Topology) -> None:
+        self.spec = spec
+        self.topology = topology
+        self.services: dict[str, Service] = {}
+        self.taken_ports = {p.node_port for s in spec.services for p in s.ports if p.node_port}
+        self.taken_ports |= {
+            s.health_check_node_port for s in spec.services if s.health_check_node_port
+        }
+        for i, svc_spec in enumerate(spec.services):
+            svc = service_from_spec(svc_spec, i, spec, self.taken_ports)
+            self.services[svc.key] = svc
+        self.pods: dict[str, PodRecord] = {p.name: PodRecord(p) for p in topology.pods}
+        self.failed_nodes: dict[str, bool] = {}  # node -> failure noticed
+        self.workloads: dict[str, WorkloadSpec] = {w.name: w for w in spec.workloads}
+        self._last_host: dict[str, int] = {}  # node -> last pod address offset handed out
+
+    # --- Services -----------------------------------------------------------------------------
+
+    def service(self, key: str) -> Service:
+        if key not in self.services:
+            raise LabError(f"no Service {key!r}; Services are {sorted(self.services)}")
+        return self.services[key]
+
+    def endpoints_of(self, service: Service) -> tuple[Endpoint, ...]:
+        """The Service's EndpointSlice as the control plane would publish it now."""
+        out = []
+        for record in self.pods.values():
+            pod = record.info
+            if pod.workload != service.workload:
+                continue
+            if record.phase == "Dead" and record.death_noticed:
+                continue  # the endpoints controller removed it
+            up = not self.failed_nodes.get(pod.node, False)
+            terminating = record.phase == "Terminating"
+            out.append(
+                Endpoint(
+                    pod.ip,
+                    pod.port,
+                    pod.node,
+                    pod.name,
+                    ready=up and not terminating,
+                    serving=up,
+                    terminating=terminating,
+                )
+            )
+        return tuple(out)
+
+    def service_states(self) -> list[ServiceState]:
+        return [ServiceState(s, self.endpoints_of(s)) for s in self.services.values()]
+
+    def add_services(self, specs: list[ServiceSpec]) -> None:
+        for spec in specs:
+            svc = service_from_spec(spec, 0, self.spec, self.taken_ports)
+            if svc.key in self.services:
+                raise LabError(f"Service {svc.key} exists; delete it or pick another name")
+            if spec.cluster_ip is None:
+                svc = svc.with_changes(cluster_ip=self._free_cluster_ip())
+            self.services[svc.key] = svc
+
+    def _free_cluster_ip(self) -> ipaddress.IPv4Address:
+        used = {s.cluster_ip for s in self.services.values()}
+        net = self.spec.network.service_cidr
+        for offset in range(10, net.num_addresses - 1):
+            if net.network_address + offset not in used:
+                return net.network_address + offset
+        raise LabError(f"service_cidr {net} is full")
+
+    def change_service(self, key: str, changes: dict[str, Any]) -> None:
+        svc = self.service(key).with_changes(**changes)
+        if svc.external_local and svc.health_check_node_port is None:
+            svc = svc.with_changes(health_check_node_port=allocate_node_port(self.taken_ports))
+        if not svc.external_local and svc.health_check_node_port is not None:
+            self.taken_ports.discard(svc.health_check_node_port)
+            svc = svc.with_changes(health_check_node_port=None)
+        self.services[key] = svc
+
+    def remove_services(self, keys: list[str]) -> None:
+        for key in keys:
+            self.service(key)
+            del self.services[key]
+
+    # --- pods ---------------------------------------------------------------------------------
+
+    def pod(self, name: str) -> PodRecord:
+        if name not in self.pods:
+            raise LabError(f"no pod {name!r}; pods are {sorted(self.pods)}")
+        return self.pods[name]
+
+    def running_pods(self, workload: str, node: str | None = None) -> list[PodInfo]:
+        return [
+            r.info
+            for r in self.pods.values()
+            if r.phase == "Running" and r.info.workload == workload and node in (None, r.info.node)
+        ]
+
+    def workload(self, name: str) -> WorkloadSpec:
+        if name not in self.workloads:
+            raise LabError(f"no workload {name!r}; workloads are {sorted(self.workloads)}")
+        return self.workloads[name]
+
+    def next_pod(self, workload: str) -> PodInfo:
+        """A new pod on the least loaded allowed node, with a free address there."""
+        spec = self.workload(workload)
+
+        def load(node: str) -> int:
+            return sum(1 for r in self.pods.values() if r.info.node == node)
+
+        allowed = [n for n in self.topology.nodes if not spec.nodes or n.name in spec.nodes]
+        node = min(allowed, key=lambda n: (load(n.name), n.index))
+        base = int(node.pod_cidr.network_address)
+        used = {int(r.info.ip) - base for r in self.pods.values() if r.info.node == node.name}
+        # like the host-local IPAM plugin: continue after the last address handed out, so a
+        # just-freed address (still in neighbour caches) is not reused at once
+        last = self._last_host.get(node.name, max(used, default=1))
+        hosts = list(range(2, node.pod_cidr.num_addresses - 1))
+        order = [h for h in hosts if h > last] + [h for h in hosts if h <= last]
+        host = next((h for h in order if h not in used), None)
+        if host is None:
+            raise LabError(f"node {node.name}'s pod range {node.pod_cidr} is full")
+        self._last_host[node.name] = host
+        names = set(self.pods)
+        k = next(k for k in range(10_000) if f"{workload}-{node.name}-{k}" not in names)
+        return self.topology.pod_info(spec, node, k, host)
+
+    # --- export -------------------------------------------------------------------------------
+
+    def objects(self) -> dict[str, Any]:
+        """Services, EndpointSlices, Pods and Nodes as `kubectl get ... -o json` prints them."""
+        items: list[dict[str, Any]] = []
+        for state in self.service_states():
+            items += [_service_object(state.service), _slice_object(state)]
+        for record in self.pods.values():
+            pod = record.info
+            items.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "namespace": "default",
+                        "name": pod.name,
+                        "labels": {"app": pod.workload},
+                    },
+                    "spec": {"nodeName": pod.node},
+                    "status": {"phase": record.phase, "podIP": str(pod.ip)},
+                }
+            )
+        for node in self.topology.nodes:
+            ready = "False" if self.failed_nodes.get(node.name) else "True"
+            items.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {"name": node.name},
+                    "spec": {"podCIDR": str(node.pod_cidr)},
+                    "status": {
+                        "addresses": [{"type": "InternalIP", "address": str(node.ip)}],
+                        "conditions": [{"type": "Ready", "status": ready}],
+                    },
+                }
+            )
+        return {"apiVersion": "v1", "kind": "List", "items": items}
+
+    def status(self) -> dict[str, Any]:
+        """Pods and Services for `kubelab status`."""
+        return {
+            "pods": [
+                {
+                    "name": r.info.name,
+                    "workload": r.info.workload,
+                    "node": r.info.node,
+                    "ip": str(r.info.ip),
+                    "port": r.info.port,
+                    "udp_port": r.info.udp_port,
+                    "netns": r.info.netns,
+                    "phase": r.phase,
+                }
+                for r in self.pods.values()
+            ],
+            "services": [_service_status(state) for state in self.service_states()],
+        }
+
+
+def _service_object(svc: Service) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "type": svc.type,
+        "clusterIP": str(svc.cluster_ip) if svc.cluster_ip else "None",
+        "ports": [
+            _present(
+                name=p.name,
+                protocol=p.protocol,
+                port=p.port,
+                targetPort=p.target_port,
+                nodePort=p.node_port,
+            )
+            for p in svc.ports
+        ],
+        "selector": {"app": svc.workload},
+        "sessionAffinity": svc.session_affinity,
+        "internalTrafficPolicy": svc.internal_traffic_policy,
+    }
+    if svc.session_affinity == "ClientIP":
+        spec["sessionAffinityConfig"] = {
+            "clientIP": {"timeoutSeconds": svc.session_affinity_timeout_s}
+        }
+    if svc.type == "NodePort":
+        spec["externalTrafficPolicy"] = svc.external_traffic_policy
+    if svc.health_check_node_port:
+        spec["healthCheckNodePort"] = svc.health_check_node_port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"namespace": svc.namespace, "name": svc.name},
+        "spec": spec,
+    }
+
+
+def _slice_object(state: ServiceState) -> dict[str, Any]:
+    svc = state.service
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "namespace": svc.namespace,
+            "name": f"{svc.name}-lab",
+            "labels": {"kubernetes.io/service-name": svc.name},
+        },
+        "addressType": "IPv4",
+        "ports": [
+            _present(name=p.name, protocol=p.protocol, port=p.target_port) for p in svc.ports
+        ],
+        "endpoints": [
+            {
+                "addresses": [str(e.ip)],
+                "nodeName": e.node,
+                "targetRef": {"kind": "Pod", "name": e.pod},
+                "conditions": {
+                    "ready": e.ready,
+                    "serving": e.serving,
+                    "terminating": e.terminating,
+                },
+            }
+            for e in state.endpoints
+        ],
+    }
+
+
+def _service_status(state: ServiceState) -> dict[str, Any]:
+    s = state.service
+    return {
+        "name": s.key,
+        "type": s.type,
+        "cluster_ip": str(s.cluster_ip) if s.cluster_ip else "None",
+        "external_traffic_policy": s.external_traffic_policy,
+        "internal_traffic_policy": s.internal_traffic_policy,
+        "session_affinity": s.session_affinity,
+        "health_check_node_port": s.health_check_node_port,
+        "ports": [
+            {
+                "name": p.name,
+                "protocol": p.protocol,
+                "port": p.port,
+                "target_port": p.target_port,
+                "node_port": p.node_port,
+            }
+            for p in s.ports
+        ],
+        "endpoints": [
+            {"address": e.address, "node": e.node, "ready": e.ready, "terminating": e.terminating}
+            for e in state.endpoints
+        ],
+    }

@@ -1,0 +1,39 @@
+"""What `kubelab status` shows of a lab: its members with their addresses and where they
+are, and the cluster's pods and Services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubelab.dataplanes.base import Dataplane
+from kubelab.spec import LabSpec
+from kubelab.substrates.base import Substrate
+
+
+def describe(spec: LabSpec, substrate: Substrate, dataplane: Dataplane, up: bool) -> dict[str, Any]:
+    topo = dataplane.topology
+    return {
+        "lab": spec.lab_id,
+        "up": up,
+        "substrate": spec.substrate.kind,
+        "dataplane": spec.dataplane.kind,
+        "proxy_mode": dataplane.proxy_mode,
+        "pod_network": dataplane.cni[1],
+        "state_dir": str(substrate.state_dir),
+        "ssh_config": str(substrate.ssh_config),
+        "nodes": [
+            {
+                "name": n.name,
+                "ip": str(n.ip),
+                "pod_cidr": str(n.pod_cidr),
+                "location": substrate.location(n.name),
+            }
+            for n in topo.nodes
+        ],
+        "client": {
+            "name": topo.client.name,
+            "ip": str(topo.client.ip),
+            "location": substrate.location(topo.client.name),
+        },
+        **dataplane.status(),
+    }

@@ -1,0 +1,299 @@
+"""The existing substrate: hosts you already have, named by an Ansible inventory.
+
+    substrate: {kind: existing, inventory: hosts.ini}   # relative to the spec file
+
+The inventory (INI or YAML, read with Ansible's own parser) has a group `nodes` (the
+spec's `nodes` may be left out: they are then the group's hosts, by inventory name) and a
+group `client` with the one external client. kubelab reaches each host as Ansible would:
+`ansible_host`, `ansible_port`, `ansible_user` (sudo when it is not root),
+`ansible_ssh_private_key_file`, `ansible_ssh_common_args` (`-o` options, a ProxyCommand
+included) and `ansible_python_interpreter`. A node's address is `ansible_host` unless a
+`node_ip` host variable says otherwise.
+
+kubelab writes one ssh_config for the hosts (multiplexed connections, a known_hosts file
+of the lab's own) and reaches them only through it. It creates nothing on a host by itself:
+the dataplane builds what it needs there and undoes it at `down`; this module removes the
+lab's folder and processes on each host, and the partition rules that fail a node.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+import shutil
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from kubelab.errors import LabError, SpecError
+from kubelab.hosts import Runner, SshRunner, interface_of
+from kubelab.inventory import Inventory, Member
+from kubelab.naming import STATE_ROOT, member_dir
+from kubelab.spec_common import SubstrateOptions
+from kubelab.substrates.base import Substrate
+
+NODES_GROUP = "nodes"
+CLIENT_GROUP = "client"
+
+
+class ExistingOptions(SubstrateOptions):
+    """Hosts named by an Ansible inventory (groups `nodes` and `client`)."""
+
+    kind: Literal["existing"]
+    inventory: str  # made absolute by `complete`
+
+
+class HostAccess:
+    """How Ansible would reach one host, read from its inventory variables."""
+
+    def __init__(self, name: str, variables: dict[str, Any], source: str) -> None:
+        self.name = name
+        self.host = str(variables.get("ansible_host", name))
+        self.port = int(variables.get("ansible_port", 22))
+        self.user = str(variables.get("ansible_user", "root"))
+        key = variables.get("ansible_ssh_private_key_file")
+        self.key = str(key) if key else None
+        self.python = str(variables.get("ansible_python_interpreter", "python3"))
+        self.options = _ssh_options(str(variables.get("ansible_ssh_common_args", "")), name)
+        address = str(variables.get("node_ip", self.host))
+        try:
+            self.address = ipaddress.IPv4Address(address)
+        except ValueError:
+            raise SpecError(
+                f"{source}: host {name}: address {address!r} is not an IPv4 address; set "
+                "ansible_host or a node_ip host variable to the host's address"
+            ) from None
+
+    @property
+    def become(self) -> bool:
+        return self.user != "root"
+
+    def ssh_entry(self, state_dir: Path) -> str:
+        # ssh takes the first value it reads for an option: the inventory's own come first
+        lines = [f"Host {self.name}", *[f"  {k} {v}" for k, v in self.options]]
+        lines += [f"  HostName {self.host}", f"  Port {self.port}", f"  User {self.user}"]
+        if self.key:
+            lines += [f"  IdentityFile {self.key}", "  IdentitiesOnly yes"]
+        lines += [
+            "  BatchMode yes",
+            "  LogLevel ERROR",
+            "  StrictHostKeyChecking accept-new",
+            f"  UserKnownHostsFile {state_dir}/known_hosts",
+            "  ControlMaster auto",
+            f"  ControlPath {state_dir}/cm-%C",
+            "  ControlPersist 120",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _ssh_options(args: str, host: str) -> list[tuple[str, str]]:
+    """`-o Key=Value` / `-o 'Key Value'` pairs of ansible_ssh_common_args."""
+    words = shlex.split(args)
+    out = []
+    while words:
+        word = words.pop(0)
+        if word == "-o" and words:
+            option = words.pop(0)
+        elif word.startswith("-o") and len(word) > 2:
+            option = word[2:]
+        else:
+            raise SpecError(
+                f"host {host}: ansible_ssh_common_args {word!r} is not supported; "
+                "use -o Key=Value options only"
+            )
+        key, _, value = option.replace("=", " ", 1).partition(" ")
+        out.append((key, value.strip()))
+    return out
+
+
+def read_inventory(path: Path) -> dict[str, list[HostAccess]]:
+    """The hosts of the groups `nodes` and `client`, with their variables resolved as
+    Ansible resolves them (group_vars, host_vars, children groups)."""
+    from ansible.inventory.manager import InventoryManager  # heavy; only this substrate
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.manager import VariableManager
+
+    if not path.is_file():
+        raise SpecError(f"substrate.inventory: {path} does not exist; name an inventory file")
+    loader = DataLoader()
+    manager = InventoryManager(loader=loader, sources=[str(path)])
+    variables = VariableManager(loader=loader, inventory=manager)
+    groups = manager.get_groups_dict()
+    out = {}
+    for group in (NODES_GROUP, CLIENT_GROUP):
+        names = groups.get(group, [])
+        if not names:
+            raise SpecError(
+                f"substrate.inventory: {path} has no hosts in group {group!r}; "
+                f"add a [{group}] group"
+            )
+        out[group] = [
+            HostAccess(n, variables.get_vars(host=manager.get_host(n)), str(path)) for n in names
+        ]
+    if len(out[CLIENT_GROUP]) != 1:
+        raise SpecError(
+            f"substrate.inventory: group {CLIENT_GROUP!r} of {path} has "
+            f"{len(out[CLIENT_GROUP])} hosts; give it exactly one"
+        )
+    return out
+
+
+class ExistingSubstrate(Substrate):
+    kind = "existing"
+    Options = ExistingOptions
+
+    @classmethod
+    def complete(cls, data: dict[str, Any], base_dir: Path, source: str) -> dict[str, Any]:
+        """Make the inventory path absolute and take nodes and client from it if unset."""
+        substrate = dict(data["substrate"])
+        if not isinstance(substrate.get("inventory"), str):
+            return data  # validation names the missing field
+        path = (base_dir / substrate["inventory"]).resolve()
+        substrate["inventory"] = str(path)
+        groups = read_inventory(path)
+        out = {**data, "substrate": substrate}
+        out.setdefault("nodes", [{"name": h.name} for h in groups[NODES_GROUP]])
+        out.setdefault("client", {"name": groups[CLIENT_GROUP][0].name})
+        return out
+
+    @property
+    def options(self) -> ExistingOptions:
+        assert isinstance(self.spec.substrate, ExistingOptions)
+        return self.spec.substrate
+
+    @cached_property
+    def hosts(self) -> dict[str, HostAccess]:
+        groups = read_inventory(Path(self.options.inventory))
+        by_name = {h.name: h for h in groups[NODES_GROUP]}
+        wanted = [n.name for n in self.spec.nodes]
+        unknown = [n for n in wanted if n not in by_name]
+        if unknown:
+            raise SpecError(
+                f"nodes: {unknown[0]!r} is not in group {NODES_GROUP!r} of "
+                f"{self.options.inventory}; use one of {sorted(by_name)}"
+            )
+        client = groups[CLIENT_GROUP][0]
+        if client.name != self.spec.client.name:
+            raise SpecError(
+                f"client.name: {self.spec.client.name!r} is not the inventory's client "
+                f"{client.name!r}; remove client: from the spec or name that host"
+            )
+        return {**{n: by_name[n] for n in wanted}, client.name: client}
+
+    def inventory(self) -> Inventory:
+        nodes = tuple(Member(n.name, self.hosts[n.name].address) for n in self.spec.nodes)
+        client = self.hosts[self.spec.client.name]
+        return Inventory(nodes, Member(client.name, client.address))
+
+    # --- access -------------------------------------------------------------------------------
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.state_dir / "ssh_config"
+
+    def _write_access(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        entries = [h.ssh_entry(self.state_dir) for h in self.hosts.values()]
+        self.ssh_config.write_text("\n".join(entries))
+
+    def runner(self, member: str) -> Runner:
+        if member not in self.hosts:
+            raise LabError(f"no member named {member!r}; members are {sorted(self.hosts)}")
+        if not self.ssh_config.exists():
+            self._write_access()
+        host = self.hosts[member]
+        return SshRunner(member, str(self.ssh_config), become=host.become, python=host.python)
+
+    def become(self, member: str) -> bool:
+        return self.hosts[member].become
+
+    def location(self, member: str) -> str:
+        host = self.hosts[member]
+        return f"ssh {host.user}@{host.host}:{host.port}"
+
+    def check(self) -> list[str]:
+        """SSH to every host, as root or with sudo; leaves nothing behind when it fails."""
+        if shutil.which("ssh") is None:
+            return ["ssh is missing here; install the Debian package openssh-client"]
+        existed = self.state_dir.exists()
+        lines = []
+        for name in self.hosts:
+            result = self.runner(name).run(["id", "-u"], check=False, timeout=30)
+            if not result.ok:
+                why = (result.stderr.strip().splitlines() or [f"exit {result.rc}"])[-1]
+                lines.append(
+                    f"host {name}: cannot run commands as root over SSH ({why}); check its "
+                    "inventory variables, and allow sudo without a password for ansible_user"
+                )
+        if lines and not existed:
+            self._close_connections()
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+        return lines
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def up(self) -> None:
+        self._write_access()
+        for name in self.hosts:
+            self.runner(name).run(["mkdir", "-p", member_dir(self.spec.lab_id, name)])
+
+    def down(self) -> None:
+        """On each host: the partition rules, the lab's processes and folder. Here: the
+        SSH connections and the state dir. Hosts that cannot be reached are skipped."""
+        if self.state_dir.exists() or self._reachable():
+            for name in self.hosts:
+                self._clean_host(name)
+        self._close_connections()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def _reachable(self) -> bool:
+        return not self.check()
+
+    def _clean_host(self, name: str) -> None:
+        runner = self.runner(name)
+        folder = member_dir(self.spec.lab_id, name)
+        # "[/]" keeps the pattern from matching pkill's own parent (sudo, a shell)
+        runner.run(["pkill", "-KILL", "-f", "[/]" + folder.lstrip("/") + "/"], check=False)
+        runner.run(["nft", "delete", "table", "inet", self._partition_table], check=False)
+        runner.run(["rm", "-rf", folder], check=False)
+        lab_root = f"{STATE_ROOT}/{self.spec.lab_id}"
+        runner.run(["rmdir", f"{lab_root}/members", lab_root], check=False)
+
+    def _close_connections(self) -> None:
+        from kubelab import netns_util  # the SSH control masters run on this machine
+
+        netns_util.kill_and_wait(netns_util.pids_mentioning(f"{self.state_dir}/cm-"))
+
+    def exists(self) -> bool:
+        return self.state_dir.exists()
+
+    # --- node failure: a partition, since the link may carry our own SSH --------------------
+
+    @property
+    def _partition_table(self) -> str:
+        return f"kubelab_{self.spec.lab_id}_partition"
+
+    def set_node_link(self, node: str, up: bool) -> None:
+        """Fail a node by dropping everything on its node-network interface but SSH."""
+        runner = self.runner(node)
+        if up:
+            runner.run(["nft", "delete", "table", "inet", self._partition_table], check=False)
+            return
+        iface = interface_of(runner, str(self.hosts[node].address))
+        ssh = self.hosts[node].port
+        table = self._partition_table
+        runner.run(
+            ["nft", "-f", "-"],
+            input=(
+                f"table inet {table} {{\n"
+                "  chain pre { type filter hook prerouting priority -300; policy accept;\n"
+                f'    iifname "{iface}" tcp dport {ssh} accept\n'
+                f'    iifname "{iface}" drop\n'
+                "  }\n"
+                "  chain post { type filter hook postrouting priority 300; policy accept;\n"
+                f'    oifname "{iface}" tcp sport {ssh} accept\n'
+                f'    oifname "{iface}" drop\n'
+                "  }\n"
+                "}\n"
+            ),
+        )
