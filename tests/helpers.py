@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
+from conftest import ROOT
 from kubelab.lab import Lab
 from kubelab.traffic import inline
 
@@ -21,3 +24,15 @@ def bodies(results: list[dict[str, Any]]) -> list[str]:
 def udp_ask(lab: Lab, member: str, *args: Any, **kwargs: Any) -> list[str | None]:
     """inline.udp_ask from inside `member`."""
     return inline.udp_ask(lab.runner(member), *args, **kwargs)
+
+
+def kubelab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The command line, as a person runs it, from the checkout."""
+    return subprocess.run(
+        [sys.executable, "-m", "kubelab.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, leftovers, local_spec_data
+from helpers import kubelab
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -24,16 +25,6 @@ def spec_file(tmp_path: Path) -> Path:
     path = tmp_path / "kltest.yaml"
     path.write_text(yaml.safe_dump(local_spec_data()))
     return path
-
-
-def kubelab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kubelab.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
 
 
 def test_up_status_exec_down(spec_file: Path) -> None:

@@ -277,7 +277,8 @@ def test_several_ports_and_udp(lab: Lab) -> None:
 
 def test_headless_service_has_no_rules(lab: Lab) -> None:
     assert lab.service("default/headless").cluster_ip is None
-    assert len(lab.service_state("default/headless").endpoints) == 3
+    headless = next(s for s in lab.service_states() if s.service.key == "default/headless")
+    assert len(headless.endpoints) == 3
     for node in lab.topology.nodes:
         assert "headless" not in lab.dump_rules(node.name)
 

@@ -11,8 +11,11 @@ found it.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ import pytest
 import yaml
 
 from conftest import LOCAL_SPEC, ROOT
+from helpers import kubelab
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -143,17 +147,6 @@ def _spec_file(hosts: BareHosts, mode: str, inventory: Path | None = None) -> Pa
     return path
 
 
-def _kubelab(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kubelab.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        check=False,
-    )
-
-
 def _kubelab_traces(hosts: BareHosts) -> list[str]:
     """Anything of the lab left on this machine or the hosts."""
     found = [n for n in sh("ip", "netns", "list").split() if n.startswith(f"kl-{LAB}-")]
@@ -175,7 +168,7 @@ def _kubelab_traces(hosts: BareHosts) -> list[str]:
 def test_the_default_suite_passes_over_ssh_on_bare_hosts(bare_hosts: BareHosts, mode: str) -> None:
     before = bare_hosts.snapshot()
     spec = _spec_file(bare_hosts, mode)
-    run = _kubelab("run", str(spec), "--reports", str(bare_hosts.folder / "reports"))
+    run = kubelab("run", str(spec), "--reports", str(bare_hosts.folder / "reports"), timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     run_dir = Path(run.stdout.strip().splitlines()[-1]).parent
     results = pd.read_parquet(run_dir / "results.parquet")
@@ -198,10 +191,38 @@ def test_missing_host_requirements_are_named_one_per_line(bare_hosts: BareHosts)
     broken = inventory.rename(bare_hosts.folder / "broken.ini")
     _write_inventory(bare_hosts.folder)  # the good one stays for the other tests
     before = bare_hosts.snapshot()
-    up = _kubelab("up", str(_spec_file(bare_hosts, "iptables", broken)))
+    up = kubelab("up", str(_spec_file(bare_hosts, "iptables", broken)))
     assert up.returncode == 2, up.stdout + up.stderr
     lines = [line for line in up.stderr.splitlines() if line.strip()]
     assert any("node2: missing /nonexistent/python3" in line for line in lines), lines
     assert any("outside: /usr/bin/python3 cannot import locust" in line for line in lines), lines
+    assert _kubelab_traces(bare_hosts) == []
+    assert bare_hosts.snapshot() == before
+
+
+def test_a_killed_up_is_cleaned_by_the_next_up(bare_hosts: BareHosts) -> None:
+    before = bare_hosts.snapshot()
+    spec = str(_spec_file(bare_hosts, "nftables"))
+    first = subprocess.Popen(
+        [sys.executable, "-m", "kubelab.cli", "up", spec],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and first.poll() is None:
+            if any(n.startswith(f"kl-{LAB}-") for n in sh("ip", "netns", "list").split()):
+                break  # pods are being made on the hosts
+            time.sleep(0.05)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert _kubelab_traces(bare_hosts), "the killed up left nothing: the test proves nothing"
+    up = kubelab("up", spec)
+    assert up.returncode == 0, up.stderr
+    down = kubelab("down", spec)
+    assert down.returncode == 0, down.stderr
     assert _kubelab_traces(bare_hosts) == []
     assert bare_hosts.snapshot() == before

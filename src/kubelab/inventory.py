@@ -11,7 +11,7 @@ class Member:
     """A node or the client, as the substrate knows it."""
 
     name: str
-    address: ipaddress.IPv4Address
+    ip: ipaddress.IPv4Address
 
 
 @dataclass(frozen=True)

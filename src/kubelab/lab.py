@@ -129,6 +129,10 @@ class Lab:
         return self.dataplane.objects()
 
     @property
+    def programming(self) -> list[ProgrammingEvent]:
+        return self.dataplane.programming
+
+    @property
     def topology(self) -> Topology:
         """The address plan: nodes with their pod slices, the client, the first pods."""
         return self.dataplane.topology

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from kubelab.inventory import Inventory
+from kubelab.inventory import Inventory, Member
 from kubelab.naming import lab_netns
 
 if TYPE_CHECKING:
@@ -38,12 +38,6 @@ class PodInfo:
 
 
 @dataclass(frozen=True)
-class ClientInfo:
-    name: str
-    ip: ipaddress.IPv4Address
-
-
-@dataclass(frozen=True)
 class Topology:
     spec: LabSpec
     inventory: Inventory
@@ -59,14 +53,12 @@ class Topology:
         next(slices)  # slice 0 stays unused, so node1 owns x.x.1.0/24
         out = []
         for i, (member, pod_cidr) in enumerate(zip(self.inventory.nodes, slices, strict=False), 1):
-            out.append(
-                NodeInfo(member.name, i, member.address, pod_cidr, pod_cidr.network_address + 1)
-            )
+            out.append(NodeInfo(member.name, i, member.ip, pod_cidr, pod_cidr.network_address + 1))
         return tuple(out)
 
-    @cached_property
-    def client(self) -> ClientInfo:
-        return ClientInfo(self.inventory.client.name, self.inventory.client.address)
+    @property
+    def client(self) -> Member:
+        return self.inventory.client
 
     @cached_property
     def pods(self) -> tuple[PodInfo, ...]:

@@ -17,6 +17,7 @@ from markupsafe import Markup
 
 from kubelab.report.html import load_run, summary_line, verdict_matrix
 from kubelab.report.plots import _svg
+from kubelab.results import Verdict
 
 WORSE_WHEN_HIGHER = (
     "latency",
@@ -81,7 +82,7 @@ def verdict_regressions(results: pd.DataFrame) -> list[str]:
     out = []
     for (scenario, case), row in matrix.iterrows():
         for run in matrix.columns[1:]:
-            if row[first] == "pass" and row[run] in ("fail", "error"):
+            if row[first] == Verdict.PASS and row[run] in (Verdict.FAIL, Verdict.ERROR):
                 out.append(f"{scenario}/{case}: pass in {first}, {row[run]} in {run}")
     return out
 
@@ -146,7 +147,7 @@ def render_history(history: Path) -> Path:
     verdicts = data[data["metric"] == "verdict"]
     rate = (
         verdicts.groupby(["run_id", "started", "lab"])
-        .agg(value=("verdict", lambda v: float((v == "pass").mean())))
+        .agg(value=("verdict", lambda v: float((v == Verdict.PASS).mean())))
         .reset_index()
     )
     figures = [_trend(rate.assign(series=rate["lab"]), "Cases passed per run", "fraction")]

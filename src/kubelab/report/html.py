@@ -12,7 +12,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from kubelab.report import plots
-from kubelab.results import RESULT_COLUMNS
+from kubelab.results import RESULT_COLUMNS, Verdict
 
 RAW_FILES = (
     "results.parquet",
@@ -27,8 +27,8 @@ RAW_FILES = (
 def summary_line(verdicts: pd.DataFrame) -> str:
     """ "N/M cases failed" (or passed), counted from the verdict rows."""
     total = len(verdicts)
-    failed = int(verdicts["verdict"].isin(["fail", "error"]).sum())
-    skipped = int((verdicts["verdict"] == "skip").sum())
+    failed = int(verdicts["verdict"].isin([Verdict.FAIL, Verdict.ERROR]).sum())
+    skipped = int((verdicts["verdict"] == Verdict.SKIP).sum())
     if total == 0:
         return "no cases ran"
     text = f"{failed}/{total} cases failed" if failed else f"{total - skipped}/{total} cases passed"
@@ -122,7 +122,7 @@ def _bench_section(results: pd.DataFrame) -> dict[str, Any] | None:
         )
         if c in table.columns
     ]
-    skips = results[(results["scenario"] == "bench_scale") & (results["verdict"] == "skip")]
+    skips = results[(results["scenario"] == "bench_scale") & (results["verdict"] == Verdict.SKIP)]
     return {
         "table": Markup(table[keep].to_html(float_format="{:.4g}".format, border=0)),
         "figures": [

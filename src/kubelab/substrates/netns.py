@@ -103,7 +103,7 @@ class NetnsSubstrate(Substrate):
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         plen = self.spec.network.node_cidr.prefixlen
         for member in self._inventory.members():
-            self._attach(self.netns(member.name), member.name, str(member.address), plen)
+            self._attach(self.netns(member.name), member.name, str(member.ip), plen)
         self._write_ssh_access()
 
     def _attach(self, ns: str, port_name: str, ip: str, prefixlen: int) -> None:

@@ -81,26 +81,29 @@ class ReferenceDataplane(Dataplane):
     # --- lifecycle ----------------------------------------------------------------------------
 
     def check(self) -> list[str]:
-        lines = []
+        """Tools, the interpreter and the mode's kernel features on every node, Locust on
+        the client. One line per missing thing; nodes that lack the same thing share it."""
+        missing: dict[str, list[str]] = {}  # what is missing -> the members lacking it
         for node in self.nodes:
             runner = self.substrate.probe_runner(node.name)
             probe = 'for t; do command -v "$t" >/dev/null || echo "$t"; done'
             tools = [*network.TOOLS, runner.python]
-            missing = runner.run(["sh", "-c", probe, "sh", *tools], check=False).stdout.split()
-            if missing:
-                lines.append(
-                    f"{node.name}: missing {', '.join(missing)}; install the Debian packages "
-                    "iproute2 procps python3"
-                )
-            lines += self.proxier.check(runner)
+            absent = runner.run(["sh", "-c", probe, "sh", *tools], check=False).stdout.split()
+            if absent:
+                packages = "iproute2 procps python3"
+                lack = f"missing {', '.join(absent)}; install the Debian packages {packages}"
+                missing.setdefault(lack, []).append(node.name)
+            for line in self.proxier.check(runner):
+                missing.setdefault(line, []).append(node.name)
         client = self.substrate.probe_runner(self.topology.client.name)
         find = "import importlib.util as u, sys; sys.exit(u.find_spec('locust') is None)"
         if not client.run([client.python, "-c", find], check=False).ok:
-            lines.append(
-                f"{client.name}: {client.python} cannot import locust; install it for that "
-                "interpreter (pip install locust) or set ansible_python_interpreter"
+            lack = (
+                f"{client.python} cannot import locust; install it for that interpreter "
+                "(pip install locust) or set ansible_python_interpreter"
             )
-        return lines
+            missing.setdefault(lack, []).append(client.name)
+        return [f"{', '.join(members)}: {lack}" for lack, members in missing.items()]
 
     def up(self, progress: Progress) -> None:
         pods = [r.info for r in self.cluster.pods.values()]

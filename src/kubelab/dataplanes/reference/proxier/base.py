@@ -65,18 +65,19 @@ class Proxier(ABC):
         """Drop incremental state: the next sync of every node loads everything."""
 
     def check(self, runner: Runner) -> list[str]:
-        """What the node lacks for this mode, one line each with its fix."""
+        """What the node lacks for this mode, one line each with its fix (the caller
+        names the node)."""
         probe = 'for t; do command -v "$t" >/dev/null || echo "$t"; done'
         missing = runner.run(["sh", "-c", probe, "sh", *self.tools], check=False).stdout.split()
         lines = []
         if missing:
             lines.append(
-                f"{runner.name}: missing {', '.join(missing)} for proxy mode {self.mode}; "
+                f"missing {', '.join(missing)} for proxy mode {self.mode}; "
                 f"install the Debian packages {self.packages}"
             )
         for feature in self.kernel_features:
             if not runner.run(["test", "-e", feature.path], check=False).ok:
-                lines.append(f"{runner.name}: {feature.missing}")
+                lines.append(feature.missing)
         return lines
 
     def dump(self, runner: Runner) -> str:
