@@ -141,11 +141,20 @@ class ClusterState:
         """A new pod on the least loaded allowed node, with a free address there."""
         spec = self.workload(workload)
 
+        def own(node: str) -> int:
+            return sum(
+                1 for r in self.pods.values() if (r.info.node, r.info.workload) == (node, workload)
+            )
+
         def load(node: str) -> int:
             return sum(1 for r in self.pods.values() if r.info.node == node)
 
+        # As the default scheduler's topology spread does: the workload's own pods first
+        # (replicas = allowed nodes puts one on each, whatever else runs there), then the
+        # least loaded node. By total load alone, a node that other workloads (or earlier
+        # churn) had filled got none, and a later scenario's Local health check failed.
         allowed = [n for n in self.topology.nodes if not spec.nodes or n.name in spec.nodes]
-        node = min(allowed, key=lambda n: (load(n.name), n.index))
+        node = min(allowed, key=lambda n: (own(n.name), load(n.name), n.index))
         base = int(node.pod_cidr.network_address)
         used = {int(r.info.ip) - base for r in self.pods.values() if r.info.node == node.name}
         # like the host-local IPAM plugin: continue after the last address handed out, so a
