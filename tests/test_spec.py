@@ -86,7 +86,35 @@ BAD = {
         {k: v for k, v in local_spec_data().items() if k != "nodes"},
         "nodes: required field is missing",
     ),
-    "bad lab name": (local_spec_data(name="My-Lab"), "name: 'My-Lab'"),
+    "bad lab name": (
+        local_spec_data(name="My-Lab"),
+        "name: 'My-Lab' is not a valid name; use lowercase letters and digits, starting with",
+    ),
+    "bad node name": (
+        _with(["nodes", 0, "name"], "Node_1"),
+        "nodes[0].name: 'Node_1' is not a valid name; use lowercase letters, digits and '-'",
+    ),
+    "node name too long": (
+        _with(["nodes", 0, "name"], "a-very-long-node-name"),
+        "nodes[0].name: 'a-very-long-node-name' is too long; use at most 12 characters",
+    ),
+    "zero nodes": (local_spec_data(nodes=[]), "nodes: [] has too few entries; give at least 1"),
+    "a scheduler without IPVS": (
+        _with(["dataplane", "scheduler"], "sh"),
+        "dataplane: scheduler 'sh' is read only in proxy_mode ipvs; remove it or set "
+        "proxy_mode: ipvs",
+    ),
+    "more nodes than the node network holds": (
+        local_spec_data(
+            nodes=[{"name": f"n{i}"} for i in range(120)], network={"node_cidr": "10.0.0.0/25"}
+        ),
+        "node_cidr 10.0.0.0/25 holds 114 nodes and a client, too few for 120; use a larger "
+        "node_cidr (a /24 holds 242)",
+    ),
+    "existing hosts without an inventory file": (
+        local_spec_data(substrate={"kind": "existing", "inventory": "no-such.ini"}),
+        "substrate.inventory: ",
+    ),
 }
 
 
@@ -97,6 +125,7 @@ def test_bad_spec_gives_one_line(case: str) -> None:
         parse_spec(data, "bad.yaml")
     message = str(err.value)
     assert "\n" not in message
+    assert len(message) < 200, message  # names the field; never echoes a long value
     assert message.startswith("bad.yaml: ")
     assert expected in message, message
 

@@ -302,7 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra: list[str] = []
+    if argv[:1] == ["run"] and "--" in argv:  # `kubelab run LAB -- PYTEST ARGS`
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
+    if extra:
+        args.pytest_args = [*args.pytest_args, *extra]
     try:
         return int(args.func(args))
     except KubelabError as exc:

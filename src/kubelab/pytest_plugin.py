@@ -12,6 +12,7 @@ Every case writes its rows to results.parquet as soon as it ends (`pytest_runtes
 
 from __future__ import annotations
 
+import random
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kubelab", "kubelab scenarios")
     group.addoption("--lab", metavar="SPEC", help="bring up this lab spec for the scenarios")
     group.addoption("--run-dir", metavar="DIR", help="results directory (default reports/<id>)")
+    group.addoption(
+        "--scenario-order-seed",
+        type=int,
+        metavar="N",
+        help="run the scenario modules in an order shuffled with this seed (the cases of a "
+        "module keep their order): shows whether a scenario leaks into a later one",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    seed = config.getoption("--scenario-order-seed", None)
+    if seed is None:
+        return
+    modules = list(dict.fromkeys(str(item.fspath) for item in items))
+    random.Random(seed).shuffle(modules)
+    rank = {module: i for i, module in enumerate(modules)}
+    items.sort(key=lambda item: rank[str(item.fspath)])  # stable: a module's order stays
 
 
 @pytest.fixture(scope="session")

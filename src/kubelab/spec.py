@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError, model_validator
 from kubelab.dataplanes.registry import DATAPLANES
 from kubelab.errors import SpecError
 from kubelab.spec_common import (
+    DNS_LABEL,
     NODE_PORT_RANGE,
     ClientSpec,
     DataplaneOptions,
@@ -71,7 +72,8 @@ class LabSpec(StrictModel):
     substrate: SubstrateSection
     dataplane: DataplaneSection
     network: NetworkSpec = Field(default_factory=NetworkSpec)
-    nodes: list[NodeSpec] = Field(min_length=1, max_length=16)
+    # no fixed cap: the node and pod networks below bound how many nodes fit
+    nodes: list[NodeSpec] = Field(min_length=1)
     client: ClientSpec = Field(default_factory=ClientSpec)
     workloads: list[WorkloadSpec] = Field(default_factory=list)
     services: list[ServiceSpec] = Field(default_factory=list)
@@ -108,10 +110,12 @@ class LabSpec(StrictModel):
                 f"{pods} pods per node do not fit a /{net.node_pod_prefix} node slice of "
                 f"pod_cidr (room for {per_node}); lower pods_per_node or node_pod_prefix"
             )
-        if len(self.nodes) + 12 > net.node_cidr.num_addresses - 2:
+        room = net.node_cidr.num_addresses - 14  # .1-.10 stay free; the client takes one
+        if len(self.nodes) > room:
             raise ValueError(
-                f"node_cidr {net.node_cidr} is too small for {len(self.nodes)} "
-                "nodes and a client; use a /24"
+                f"node_cidr {net.node_cidr} holds {max(room, 0)} nodes and a client, too few "
+                f"for {len(self.nodes)}; use a larger node_cidr (a /{net.node_cidr.prefixlen - 1} "
+                f"holds {2 * net.node_cidr.num_addresses - 14})"
             )
         workloads = {w.name for w in self.workloads}
         node_names = {n.name for n in self.nodes}
@@ -171,26 +175,49 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return path or "(top level)"
 
 
-def _one_line(err: Any, model_fields: dict[str, Any]) -> str:
+PATTERNS = {
+    NAME_PATTERN: "lowercase letters and digits, starting with a letter (for example lab2)",
+    DNS_LABEL: "lowercase letters, digits and '-', starting and ending with a letter or "
+    "digit (for example node-1)",
+}
+SHOWN_VALUE = 40  # an error shows at most this much of the value it rejects
+
+
+def _shown(value: Any) -> str:
+    """The rejected value, short: an error names the field, it never echoes a long value."""
+    text = repr(value)
+    if isinstance(value, list | dict) and len(text) > SHOWN_VALUE:
+        return f"a {type(value).__name__} of {len(value)} items"
+    return text if len(text) <= SHOWN_VALUE else text[: SHOWN_VALUE - 3] + "..."
+
+
+def _one_line(err: Any) -> str:
     loc = _field_path(tuple(err["loc"]))
     kind = err["type"]
     msg = str(err["msg"])
-    value = err.get("input")
+    ctx = err.get("ctx", {})
+    value = _shown(err.get("input"))
     if kind == "extra_forbidden":
         return f"{loc}: unknown field; remove it or check the spelling against labs/local.yaml"
     if kind == "missing":
         return f"{loc}: required field is missing; add it (see labs/local.yaml)"
     if kind == "union_tag_invalid":
-        ctx = err.get("ctx", {})
         tag = str(ctx.get("discriminator", "kind")).strip("'")
         return f"{loc}.{tag}: {ctx.get('tag')!r} is not supported; use {ctx.get('expected_tags')}"
     if kind == "literal_error":
-        expected = err.get("ctx", {}).get("expected", "")
-        return f"{loc}: {value!r} is not supported; use {expected}"
+        return f"{loc}: {value} is not supported; use {ctx.get('expected', '')}"
+    if kind == "string_pattern_mismatch":
+        wanted = PATTERNS.get(ctx.get("pattern"), f"the pattern {ctx.get('pattern')}")
+        return f"{loc}: {value} is not a valid name; use {wanted}"
+    if kind == "string_too_long":
+        return f"{loc}: {value} is too long; use at most {ctx.get('max_length')} characters"
+    if kind == "too_short":
+        return f"{loc}: {value} has too few entries; give at least {ctx.get('min_length')}"
+    if kind == "too_long":
+        return f"{loc}: {value} has too many entries; give at most {ctx.get('max_length')}"
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-        return f"{loc}: {msg}"
-    return f"{loc}: {value!r}: {msg}"
+        return f"{loc}: {msg[len('Value error, ') :]}"
+    return f"{loc}: {value}: {msg}"
 
 
 def parse_spec(data: Any, source: str = "<spec>", base_dir: Path | None = None) -> LabSpec:
@@ -201,12 +228,15 @@ def parse_spec(data: Any, source: str = "<spec>", base_dir: Path | None = None) 
     substrate = data.get("substrate")
     kind = substrate.get("kind") if isinstance(substrate, dict) else None
     if isinstance(kind, str) and kind in SUBSTRATES:
-        data = SUBSTRATES[kind].complete(data, base_dir or Path.cwd(), source)
+        try:
+            data = SUBSTRATES[kind].complete(data, base_dir or Path.cwd(), source)
+        except SpecError as exc:
+            raise SpecError(f"{source}: {exc}") from None
     try:
         return LabSpec.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
-        line = _one_line(errors[0], LabSpec.model_fields)
+        line = _one_line(errors[0])
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         raise SpecError(f"{source}: {line}{more}") from None
 

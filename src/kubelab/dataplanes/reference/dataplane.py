@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kubelab.dataplanes.base import Dataplane, ProgrammingEvent, Progress
 from kubelab.dataplanes.reference import network
@@ -47,6 +47,15 @@ class ReferenceOptions(DataplaneOptions):
     )
     pod_network: Literal["host-gw", "vxlan"] = "host-gw"
     endpoint_detection_delay_s: float = Field(1.0, ge=0, le=300)
+
+    @model_validator(mode="after")
+    def _scheduler_needs_ipvs(self) -> ReferenceOptions:
+        if "scheduler" in self.model_fields_set and self.proxy_mode != "ipvs":
+            raise ValueError(
+                f"scheduler {self.scheduler!r} is read only in proxy_mode ipvs; remove it or "
+                "set proxy_mode: ipvs"
+            )
+        return self
 
 
 class ReferenceDataplane(Dataplane):
