@@ -114,6 +114,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return outcome.exit_code
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from kubelab.doctor import examine
+
+    _, spec = _load(args.lab)
+    findings, can_run = examine(Lab(spec))
+    table = Table("check", "", "what was found", "fix", title=f"kubelab doctor: {spec.lab_id}")
+    for f in findings:
+        status = "[green]ok[/]" if f.ok else "[red]missing[/]"
+        table.add_row(f.check, status, f.detail, "" if f.ok else f.fix)
+    Console(highlight=False, width=160).print(table)
+    first = next((f.detail for f in findings if f.check.startswith("lab ") and not f.ok), "")
+    verdict = "can run" if can_run else f"cannot run: {first}"
+    console.print(f"lab [bold]{spec.lab_id}[/] {verdict}", soft_wrap=True)
+    return 0 if can_run else 1
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from kubelab.rules.audit import AuditInputError, audit
     from kubelab.rules.expected import ObjectsError, diff_tables, expected_table
@@ -241,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("member", help="node, pod or client name (see `kubelab status`)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     p.set_defaults(func=cmd_exec)
+    p = sub.add_parser(
+        "doctor",
+        help="what this machine has for a lab, with a fix for each missing thing",
+        description="Check root, tools, Python packages and kernel features (tried in a "
+        "scratch namespace), then the lab's own checks; exit 0 when the lab can run.",
+    )
+    p.add_argument("lab", nargs="?", default="local", help="lab spec (default: labs/local.yaml)")
+    p.set_defaults(func=cmd_doctor)
     p = lab_cmd("run", "up -> scenarios -> report -> down")
     p.add_argument("-k", metavar="EXPR", help="only scenarios matching this pytest expression")
     p.add_argument("--scenarios", help="scenario directory (default: scenarios/ beside labs/)")

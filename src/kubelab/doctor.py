@@ -1,0 +1,160 @@
+"""`kubelab doctor [LAB]`: what this machine (and the lab's hosts) have, each with a fix.
+
+Kernel features are tried for real in a scratch network namespace of the doctor's own
+(a veth, a bridge, a VXLAN device, an nft table, iptables rules with each match kube-proxy
+uses), then the namespace is deleted; nothing is loaded or changed elsewhere. The lab's own
+checks (the same `Lab.check` that `up` and `run` call first) decide the exit code: 0 when
+the lab can run, 1 otherwise; the other findings say what else the machine has.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kubelab.errors import EnvironmentMissing
+from kubelab.lab import Lab
+from kubelab.naming import lab_netns
+
+PACKAGES = (
+    "locust",
+    "pytest-testinfra",
+    "pandas",
+    "pyarrow",
+    "scipy",
+    "matplotlib",
+    "ansible-core",
+)
+TOOLS = {  # tool -> (version argv, Debian package, what needs it)
+    "ip": (["ip", "-V"], "iproute2", "every lab"),
+    "iptables-restore": (["iptables", "-V"], "iptables", "proxy modes iptables and ipvs"),
+    "nft": (["nft", "--version"], "nftables", "proxy mode nftables"),
+    "conntrack": (["conntrack", "--version"], "conntrack", "every lab"),
+    "ipvsadm": (["ipvsadm", "--version"], "ipvsadm", "proxy mode ipvs"),
+    "ssh": (["ssh", "-V"], "openssh-client", "every lab"),
+    "wrk": (["wrk", "--version"], "wrk", "kubelab bench load only"),
+}
+IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh")
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return subprocess.CompletedProcess(list(argv), 127, "", str(exc))
+
+
+def _first_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = (result.stdout or result.stderr).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def privileges() -> Finding:
+    root = os.geteuid() == 0
+    return Finding(
+        "root", root, "running as root" if root else f"uid {os.geteuid()}", "run as root (sudo)"
+    )
+
+
+def tools() -> list[Finding]:
+    out = []
+    for tool, (version, package, needed_by) in TOOLS.items():
+        if shutil.which(tool) is None:
+            out.append(
+                Finding(f"tool {tool}", False, f"not found (needed by {needed_by})",
+                        f"apt-get install {package}")
+            )  # fmt: skip
+            continue
+        out.append(Finding(f"tool {tool}", True, _first_line(_run(version))))
+    sshd = os.path.exists("/usr/sbin/sshd")
+    out.append(Finding("tool sshd", sshd, "/usr/sbin/sshd" if sshd else "not found",
+                       "apt-get install openssh-server"))  # fmt: skip
+    return out
+
+
+def packages() -> list[Finding]:
+    out = []
+    for name in PACKAGES:
+        try:
+            out.append(Finding(f"python {name}", True, importlib.metadata.version(name)))
+        except importlib.metadata.PackageNotFoundError:
+            out.append(Finding(f"python {name}", False, "not installed", f"pip install {name}"))
+    return out
+
+
+def kernel_features() -> list[Finding]:
+    """Each feature tried in a scratch namespace; the namespace is always deleted."""
+    ns = lab_netns(f"doctor{os.getpid()}", "probe")
+    if _run(["ip", "netns", "add", ns]).returncode != 0:
+        return [Finding("network namespaces", False, "cannot create one", "run as root")]
+    inside = ["nsenter", f"--net=/run/netns/{ns}"]
+    nat = [*inside, "iptables", "-t", "nat", "-A", "OUTPUT"]
+    probes = {
+        "veth": ["ip", "-n", ns, "link", "add", "pa", "type", "veth", "peer", "pb"],
+        "bridge": ["ip", "-n", ns, "link", "add", "klbr", "type", "bridge"],
+        "vxlan": ["ip", "-n", ns, "link", "add", "vx", "type", "vxlan", "id", "1",
+                  "dstport", "8472", "local", "127.0.0.1", "nolearning"],
+        "nf_tables": [*inside, "nft", "add", "table", "ip", "kubelab_doctor"],
+        "conntrack (xt_conntrack)": [*nat, "-m", "conntrack", "--ctstate", "NEW", "-j", "RETURN"],
+        "xt_statistic": [*nat, "-m", "statistic", "--mode", "random", "--probability", "0.5",
+                         "-j", "RETURN"],
+        "xt_recent": [*nat, "-m", "recent", "--name", "kl", "--set", "-j", "RETURN"],
+        "xt_comment": [*nat, "-m", "comment", "--comment", "kl", "-j", "RETURN"],
+        "bridge netfilter": [*inside, "test", "-e", "/proc/sys/net/bridge/bridge-nf-call-iptables"],
+    }  # fmt: skip
+    out = []
+    try:
+        for name, argv in probes.items():
+            result = _run(argv)
+            detail = "works" if result.returncode == 0 else _first_line(result)[:120]
+            fix = "" if result.returncode == 0 else f"a kernel with {name} (module or built in)"
+            out.append(Finding(f"kernel {name}", result.returncode == 0, detail, fix))
+    finally:
+        _run(["ip", "netns", "del", ns])
+    out.append(ipvs())
+    return out
+
+
+def ipvs() -> Finding:
+    if not os.path.exists("/proc/net/ip_vs"):
+        return Finding(
+            "kernel ip_vs",
+            False,
+            "no /proc/net/ip_vs: IPVS labs cannot run on this kernel",
+            "run IPVS labs in VMs, or load ip_vs (modprobe ip_vs) where the kernel has it",
+        )
+    missing = [s for s in IPVS_SCHEDULERS if not os.path.exists(f"/sys/module/ip_vs_{s}")]
+    detail = "present; schedulers not loaded yet: " + ", ".join(missing) if missing else "present"
+    return Finding("kernel ip_vs", True, detail)
+
+
+def lab_findings(lab: Lab) -> list[Finding]:
+    """The lab's own checks, the ones `up` and `run` stop on."""
+    try:
+        lab.check()
+    except EnvironmentMissing as exc:
+        return [
+            Finding(f"lab {lab.spec.lab_id}", False, line, "") for line in str(exc).splitlines()
+        ]
+    return [Finding(f"lab {lab.spec.lab_id}", True, "can run: every check passed")]
+
+
+def examine(lab: Lab) -> tuple[list[Finding], bool]:
+    """Every finding, and whether the lab can run (its own checks decide)."""
+    findings = [privileges(), *tools(), *packages()]
+    if os.geteuid() == 0:
+        findings += kernel_features()
+    verdict = lab_findings(lab)
+    return findings + verdict, all(f.ok for f in verdict)
