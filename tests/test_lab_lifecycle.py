@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from conftest import host_network_snapshot, leftovers, test_spec
+from conftest import ROOT, host_network_snapshot, leftovers, test_spec
 from kubelab.lab import Lab
 from kubelab.naming import member_dir
+from kubelab.run import run_scenarios
+from kubelab.runs import open_run
 from kubelab.traffic.runner import ProbePlan, run_probes
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -57,3 +59,24 @@ def test_up_removes_what_a_crashed_run_left() -> None:
         Lab(test_spec()).down()
         crashed.dataplane.down()  # reap the servers the second up killed
     assert leftovers("kltest") == []
+
+
+def test_keys_are_private_to_the_lab_and_never_reach_a_run_folder(tmp_path: Path) -> None:
+    lab = Lab(test_spec())
+    lab.up()
+    try:
+        keys = [lab.state_dir / "id_ed25519", lab.state_dir / "ssh_host_ed25519_key"]
+        assert all(key.stat().st_mode & 0o777 == 0o600 for key in keys)
+        secrets = [line for key in keys for line in key.read_text().splitlines()[1:-1]]
+        run = open_run("secrets", lab.spec, "test", run_dir=tmp_path / "run")
+        run.attach(lab)
+        run_scenarios(lab, run.writer, ROOT / "scenarios" / "test_hairpin.py")
+    finally:
+        lab.down()
+    assert not any(key.exists() for key in keys)
+    written = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert written, "the run wrote nothing: the check below would prove nothing"
+    for path in written:
+        text = path.read_bytes().decode(errors="replace")
+        assert "PRIVATE KEY" not in text, path
+        assert not any(secret in text for secret in secrets), path
