@@ -119,7 +119,6 @@ def _remove_hosts() -> None:
     listed = sh("ip", "netns", "list")
     for name in [line.split()[0] for line in listed.splitlines() if line]:
         if name.startswith(HOST_PREFIX):
-            subprocess.run(["ip", "netns", "pids", name], capture_output=True, check=False)
             sh("ip", "netns", "del", name)
 
 

@@ -10,7 +10,6 @@ import testinfra
 
 from conftest import ROOT, host_network_snapshot, leftovers, test_spec
 from kubelab.lab import Lab
-from kubelab.naming import member_dir
 from kubelab.run import run_scenarios
 from kubelab.runs import open_run
 from kubelab.traffic.runner import ProbePlan, run_probes
@@ -18,16 +17,12 @@ from kubelab.traffic.runner import ProbePlan, run_probes
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 
-def workdir(lab: Lab) -> str:
-    return member_dir(lab.spec.lab_id, "client")
-
-
 def test_down_leaves_nothing_and_the_host_untouched() -> None:
     before = host_network_snapshot()
     lab = Lab(test_spec())
     lab.up()
     run = run_probes(
-        lab.runner("client"), ProbePlan("192.168.56.11", 30080, max_probes=30), workdir(lab)
+        lab.runner("client"), ProbePlan("192.168.56.11", 30080, max_probes=30), lab.spec.lab_id
     )
     assert run.samples["ok"].all()
     testinfra.get_host("ssh://node1", ssh_config=str(lab.ssh_config)).check_output("true")
@@ -51,7 +46,7 @@ def test_up_removes_what_a_crashed_run_left() -> None:
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert "kl-kltest-stray" not in listed
         run = run_probes(
-            lab.runner("client"), ProbePlan("192.168.56.12", 30080, max_probes=30), workdir(lab)
+            lab.runner("client"), ProbePlan("192.168.56.12", 30080, max_probes=30), lab.spec.lab_id
         )
         assert run.samples["ok"].all()
     finally:

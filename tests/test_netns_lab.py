@@ -11,7 +11,6 @@ import pytest
 import testinfra
 
 from kubelab.lab import Lab
-from kubelab.naming import member_dir
 from kubelab.traffic.runner import ProbePlan, run_probes
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -136,7 +135,7 @@ def test_nodeport_with_each_external_traffic_policy(running_lab: Lab, policy: st
         run = run_probes(
             running_lab.runner("client"),
             ProbePlan(str(node.ip), 30080, max_probes=120, users=4),
-            member_dir("kltest", "client"),
+            running_lab.spec.lab_id,
         )
         frame = run.samples
         assert len(frame) == 120 and frame["ok"].all(), frame["error"].dropna().head()

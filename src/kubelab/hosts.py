@@ -246,3 +246,16 @@ def interface_of(runner: Runner, address: str) -> str:
         if any(a.get("local") == address for a in link.get("addr_info", [])):
             return str(link["ifname"])
     raise LabError(f"{runner.name}: no interface holds {address}; check the node's address")
+
+
+def missing_commands(runner: Runner, names: Sequence[str]) -> list[str]:
+    """Which of `names` the member cannot run (not on its PATH, or no such file)."""
+    probe = 'for t; do command -v "$t" >/dev/null || echo "$t"; done'
+    return runner.run(["sh", "-c", probe, "sh", *names], check=False).stdout.split()
+
+
+def kill_under(runner: Runner, folder: str) -> None:
+    """SIGKILL every process on the member whose command line names `folder` (the
+    programs the lab put there). "[/]" keeps the pattern from matching pkill's own
+    parent (sudo, a shell), whose command line holds the pattern itself."""
+    runner.run(["pkill", "-KILL", "-f", "[/]" + folder.strip("/") + "/"], check=False)

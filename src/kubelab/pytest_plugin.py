@@ -24,7 +24,6 @@ import testinfra
 
 from kubelab.errors import EnvironmentMissing
 from kubelab.lab import Lab
-from kubelab.naming import member_dir
 from kubelab.results import ResultRow, ResultsWriter, Verdict
 from kubelab.runs import open_run
 from kubelab.spec import ServiceSpec, WorkloadSpec, load_spec
@@ -203,7 +202,7 @@ class Traffic:
         running = start_probes(
             self.lab.runner(client),
             ProbePlan(host, port, **plan),
-            member_dir(self.lab.spec.lab_id, client),
+            self.lab.spec.lab_id,
         )
         return RecordedProbes(running, self.record)
 

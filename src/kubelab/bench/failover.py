@@ -11,7 +11,6 @@ import numpy as np
 
 from kubelab.checks import failover_timeline
 from kubelab.lab import Lab
-from kubelab.naming import member_dir
 from kubelab.results import ResultRow, Verdict
 from kubelab.runs import RunFolder
 from kubelab.traffic.runner import ProbePlan, start_probes
@@ -26,7 +25,7 @@ def _trial(lab: Lab, action: str, host: str, port: int) -> dict[str, float]:
     load = start_probes(
         lab.runner("client"),
         ProbePlan(host, port, max_probes=100_000, users=5, duration_s=LOAD_S),
-        member_dir(lab.spec.lab_id, lab.topology.client.name),
+        lab.spec.lab_id,
     )
     time.sleep(2.0)
     change_at = time.time()

@@ -15,7 +15,6 @@ import pandas as pd
 
 from kubelab.errors import LabError
 from kubelab.lab import Lab
-from kubelab.naming import member_dir
 from kubelab.results import ResultRow, Verdict
 from kubelab.runs import RunFolder
 from kubelab.traffic.runner import ProbePlan, start_probes
@@ -58,7 +57,6 @@ def run_load(
 ) -> None:
     spec = lab.spec
     mode = spec.dataplane.proxy_mode
-    workdir = member_dir(spec.lab_id, "client")
     lab.up()
     try:
         run_folder.attach(lab)
@@ -83,7 +81,9 @@ def run_load(
                 duration_s=seconds,
                 new_connection=new,
             )
-            running = [start_probes(lab.runner("client"), plan, workdir) for _ in range(processes)]
+            running = [
+                start_probes(lab.runner("client"), plan, spec.lab_id) for _ in range(processes)
+            ]
             runs = [r.wait() for r in running]
             wall = time.monotonic() - started
             locust_cpu = (_children_cpu() - before) / wall

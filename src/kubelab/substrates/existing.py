@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kubelab.errors import LabError, SpecError
-from kubelab.hosts import Runner, SshRunner, interface_of
+from kubelab.hosts import Runner, SshRunner, interface_of, kill_under
 from kubelab.inventory import Inventory, Member
 from kubelab.naming import STATE_ROOT, member_dir
 from kubelab.spec_common import SubstrateOptions
@@ -76,6 +76,7 @@ class HostAccess:
             lines += [f"  IdentityFile {self.key}", "  IdentitiesOnly yes"]
         lines += [
             "  BatchMode yes",
+            "  ConnectTimeout 10",
             "  LogLevel ERROR",
             "  StrictHostKeyChecking accept-new",
             f"  UserKnownHostsFile {state_dir}/known_hosts",
@@ -212,10 +213,10 @@ class ExistingSubstrate(Substrate):
         return f"ssh {host.user}@{host.host}:{host.port}"
 
     def check(self) -> list[str]:
-        """SSH to every host, as root or with sudo; leaves nothing behind when it fails."""
+        """SSH to every host, as root or with sudo (Lab.check removes what this leaves
+        when it fails)."""
         if shutil.which("ssh") is None:
             return ["ssh is missing here; install the Debian package openssh-client"]
-        existed = self.state_dir.exists()
         lines = []
         for name in self.hosts:
             result = self.runner(name).run(["id", "-u"], check=False, timeout=30)
@@ -225,9 +226,6 @@ class ExistingSubstrate(Substrate):
                     f"host {name}: cannot run commands as root over SSH ({why}); check its "
                     "inventory variables, and allow sudo without a password for ansible_user"
                 )
-        if lines and not existed:
-            self._close_connections()
-            shutil.rmtree(self.state_dir, ignore_errors=True)
         return lines
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -239,25 +237,19 @@ class ExistingSubstrate(Substrate):
 
     def down(self) -> None:
         """On each host: the partition rules, the lab's processes and folder. Here: the
-        SSH connections and the state dir. Hosts that cannot be reached are skipped."""
-        if self.state_dir.exists() or self._reachable():
-            for name in self.hosts:
-                self._clean_host(name)
+        SSH connections and the state dir. A host that cannot be reached is skipped."""
+        lab_root = f"{STATE_ROOT}/{self.spec.lab_id}"
+        remove = (
+            f'nft delete table inet {self._partition_table}; rm -rf "$1"; '
+            'rmdir "$2/members" "$2"'  # empty only when no other host shares them
+        )
+        for name in self.hosts:
+            runner = self.runner(name)
+            folder = member_dir(self.spec.lab_id, name)
+            kill_under(runner, folder)
+            runner.run(["sh", "-c", remove, "sh", folder, lab_root], check=False)
         self._close_connections()
         shutil.rmtree(self.state_dir, ignore_errors=True)
-
-    def _reachable(self) -> bool:
-        return not self.check()
-
-    def _clean_host(self, name: str) -> None:
-        runner = self.runner(name)
-        folder = member_dir(self.spec.lab_id, name)
-        # "[/]" keeps the pattern from matching pkill's own parent (sudo, a shell)
-        runner.run(["pkill", "-KILL", "-f", "[/]" + folder.lstrip("/") + "/"], check=False)
-        runner.run(["nft", "delete", "table", "inet", self._partition_table], check=False)
-        runner.run(["rm", "-rf", folder], check=False)
-        lab_root = f"{STATE_ROOT}/{self.spec.lab_id}"
-        runner.run(["rmdir", f"{lab_root}/members", lab_root], check=False)
 
     def _close_connections(self) -> None:
         from kubelab import netns_util  # the SSH control masters run on this machine

@@ -20,6 +20,7 @@ import pandas as pd
 
 from kubelab.errors import LabError
 from kubelab.hosts import Runner
+from kubelab.naming import member_dir
 
 WORKER = Path(__file__).with_name("locust_worker.py")
 
@@ -58,10 +59,11 @@ class ProbeRun:
 class RunningProbes:
     """A Locust run in progress on the client."""
 
-    def __init__(self, client: Runner, plan: ProbePlan, workdir: str) -> None:
+    def __init__(self, client: Runner, plan: ProbePlan, lab_id: str) -> None:
         self.plan = plan
         self.client = client
-        self._dir = f"{workdir}/traffic-{uuid.uuid4().hex[:12]}"
+        # under the lab's folder on the client, so `down` removes whatever a crash leaves
+        self._dir = f"{member_dir(lab_id, client.name)}/traffic-{uuid.uuid4().hex[:12]}"
         self._samples = f"{self._dir}/samples.jsonl"
         worker = f"{self._dir}/locust_worker.py"
         client.put(worker, WORKER.read_text())
@@ -98,11 +100,10 @@ class RunningProbes:
         )
 
 
-def start_probes(client: Runner, plan: ProbePlan, workdir: str) -> RunningProbes:
-    """Start Locust on the client. Its files go under `workdir` there (the lab's folder on
-    the client), so `down` removes whatever a crash leaves."""
-    return RunningProbes(client, plan, workdir)
+def start_probes(client: Runner, plan: ProbePlan, lab_id: str) -> RunningProbes:
+    """Start Locust on lab `lab_id`'s client."""
+    return RunningProbes(client, plan, lab_id)
 
 
-def run_probes(client: Runner, plan: ProbePlan, workdir: str) -> ProbeRun:
-    return start_probes(client, plan, workdir).wait()
+def run_probes(client: Runner, plan: ProbePlan, lab_id: str) -> ProbeRun:
+    return start_probes(client, plan, lab_id).wait()

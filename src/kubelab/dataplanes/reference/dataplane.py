@@ -25,7 +25,7 @@ from kubelab.dataplanes.reference.kube_proxy_duties import HealthChecks, stale_u
 from kubelab.dataplanes.reference.pods import PodServers
 from kubelab.dataplanes.reference.proxier import Proxier, ProxierContext, proxier_for
 from kubelab.errors import LabError
-from kubelab.hosts import Runner
+from kubelab.hosts import Runner, kill_under, missing_commands
 from kubelab.model import Service, ServiceState
 from kubelab.naming import member_dir
 from kubelab.spec_common import DataplaneOptions, ServiceSpec, WorkloadSpec
@@ -95,9 +95,7 @@ class ReferenceDataplane(Dataplane):
         missing: dict[str, list[str]] = {}  # what is missing -> the members lacking it
         for node in self.nodes:
             runner = self.substrate.probe_runner(node.name)
-            probe = 'for t; do command -v "$t" >/dev/null || echo "$t"; done'
-            tools = [*network.TOOLS, runner.python]
-            absent = runner.run(["sh", "-c", probe, "sh", *tools], check=False).stdout.split()
+            absent = missing_commands(runner, [*network.TOOLS, runner.python])
             if absent:
                 packages = "iproute2 procps python3"
                 lack = f"missing {', '.join(absent)}; install the Debian packages {packages}"
@@ -145,9 +143,7 @@ class ReferenceDataplane(Dataplane):
                 try:
                     runner = self.substrate.runner(node.name)
                     folder = self._folder(node.name)
-                    runner.run(
-                        ["pkill", "-KILL", "-f", f"[/]{folder.lstrip('/')}/podserver"], check=False
-                    )
+                    kill_under(runner, folder)  # the pod server holds the pods' sockets
                     network.clean_node(runner, self.spec.lab_id, self._others(node), folder)
                     self.proxier.restore_host_rules(runner, folder)
                 except Exception:

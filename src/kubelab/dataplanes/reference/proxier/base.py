@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
-from kubelab.hosts import Runner
+from kubelab.hosts import Runner, missing_commands
 from kubelab.model import ServiceState
 
 IPTABLES_TABLES = ("filter", "nat")  # the tables the iptables-based modes write
@@ -67,8 +67,7 @@ class Proxier(ABC):
     def check(self, runner: Runner) -> list[str]:
         """What the node lacks for this mode, one line each with its fix (the caller
         names the node)."""
-        probe = 'for t; do command -v "$t" >/dev/null || echo "$t"; done'
-        missing = runner.run(["sh", "-c", probe, "sh", *self.tools], check=False).stdout.split()
+        missing = missing_commands(runner, self.tools)
         lines = []
         if missing:
             lines.append(
