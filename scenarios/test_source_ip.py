@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubelab.checks import audit_nodes
+from kubelab.checks import audit_nodes, external_policy_in_rules
 from kubelab.lab import Lab
 from kubelab.pytest_plugin import CaseRecord, Resources, Traffic
-from kubelab.rules.table import ForwardingTable, Frontend
 from scenario_helpers import SERVICE, get_from
 
 PROBES = 300  # 6 pods: P(some pod never answers | uniform) = 6 * (5/6)^300 < 1e-22
@@ -48,11 +47,6 @@ def _probe_nodeport(lab: Lab, traffic: Traffic, record: CaseRecord) -> tuple[Any
     return frame[frame["ok"]], target.name
 
 
-def _nodeport(table: ForwardingTable, lab: Lab) -> Frontend | None:
-    port = lab.service(SERVICE).ports[0]
-    return table.find("nodeport", None, port.protocol.lower(), port.node_port or 0)
-
-
 def test_cluster_policy_snats(
     lab: Lab, traffic: Traffic, hosts: dict[str, Any], record: CaseRecord
 ) -> None:
@@ -78,9 +72,9 @@ def test_cluster_policy_snats(
         seen <= node_side, f"pods saw addresses {sorted(seen - node_side)}, not {target}'s"
     )
     for node, table in audit_nodes(lab, hosts, record).items():
-        front = _nodeport(table, lab)
+        policy, _ = external_policy_in_rules(lab, hosts[node], table, SERVICE)
         record.expect(
-            front is not None and bool(front.masquerade_all),
+            policy == "Cluster",
             f"{node}: the NodePort does not mark external traffic for masquerade",
         )
     record.verdict()
@@ -108,10 +102,10 @@ def test_local_policy_keeps_client_ip(
         "traffic was SNATed",
     )
     for node, table in audit_nodes(lab, hosts, record).items():
-        front = _nodeport(table, lab)
+        policy, endpoints = external_policy_in_rules(lab, hosts[node], table, SERVICE)
         local = sorted(f"{p.ip}:{p.port}" for p in lab.running_pods("echo", node))
         record.expect(
-            front is not None and front.local_only and sorted(front.endpoints) == local,
+            policy == "Local" and endpoints == local,
             f"{node}: the NodePort should reach only this node's endpoints {local}",
         )
     record.verdict()

@@ -22,7 +22,18 @@ LOCAL_SPEC = ROOT / "labs" / "local.yaml"
 TEST_LAB = "kltest"  # never collides with a lab a person is running from labs/
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-vm", action="store_true", help="run the VM-lab tests (tox -e vm: ~15 min)"
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--run-vm"):
+        skip_vm = pytest.mark.skip(reason="a VM lab (minutes under emulation): tox -e vm runs it")
+        for item in items:
+            if "vm" in item.keywords:
+                item.add_marker(skip_vm)
     if os.geteuid() == 0:
         return
     skip = pytest.mark.skip(reason="needs root: network namespaces, iptables, sshd")

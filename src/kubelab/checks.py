@@ -32,13 +32,43 @@ def audit_nodes(lab: Lab, hosts: dict[str, Any], record: Recorder) -> dict[str, 
     objects = lab.objects()
     tables = {}
     for node, host in hosts.items():
-        table = audit(host.check_output(command), f"{node} rules")
+        table = audit(
+            host.check_output(command), f"{node} rules", node_addresses=lab.node_addresses(node)
+        )
         for difference in diff_tables(expected_table(objects, node, mode), table):
             record.expect(False, f"{node}: {difference}")
         for warning in table.warnings:
             record.expect(False, f"{node}: {warning}")
         tables[node] = table
     return tables
+
+
+def external_policy_in_rules(
+    lab: Lab, host: Any, table: ForwardingTable, key: str
+) -> tuple[str | None, list[str]]:
+    """What a node's rules do with external traffic to the Service's first NodePort:
+    ("Cluster" = masquerade, "Local" = keep the source, None = not found), and the
+    endpoints it reaches. IPVS dumps hold no masquerade: kube-proxy's IPVS mode keeps it in
+    the ipsets KUBE-NODE-PORT-<proto> (masquerade) and KUBE-NODE-PORT-LOCAL-<proto>
+    (exempt), read here with `ipset save` through testinfra."""
+    port = lab.service(key).ports[0]
+    front = table.find("nodeport", None, port.protocol.lower(), port.node_port or 0)
+    if front is None:
+        return None, []
+    if lab.dataplane.proxy_mode != "ipvs":
+        policy = "Local" if front.local_only else "Cluster" if front.masquerade_all else None
+        return policy, sorted(front.endpoints)
+    members = {
+        tuple(line.split()[1:3])
+        for line in host.check_output("ipset save").splitlines()
+        if line.startswith("add ")
+    }
+    number = str(port.node_port)
+    if (f"KUBE-NODE-PORT-LOCAL-{port.protocol}", number) in members:
+        return "Local", sorted(front.endpoints)
+    if (f"KUBE-NODE-PORT-{port.protocol}", number) in members:
+        return "Cluster", sorted(front.endpoints)
+    return None, sorted(front.endpoints)
 
 
 @dataclass(frozen=True)

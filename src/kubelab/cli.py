@@ -143,7 +143,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
             f"{path}: no such dump file; pass a file of iptables-save, nft or ipvsadm output"
         )
     try:
-        table = audit(path.read_text(errors="replace"), str(path), args.pod_cidr)
+        table = audit(
+            path.read_text(errors="replace"), str(path), args.pod_cidr, set(args.node_address)
+        )
     except AuditInputError as exc:
         raise SpecError(str(exc)) from None
     if args.format == "json":
@@ -214,6 +216,28 @@ def _run_dir(arg: str) -> Path:
             f"{run_dir}: not a run directory (no provenance.json); pass reports/<run-id>"
         )
     return run_dir
+
+
+def cmd_box(args: argparse.Namespace) -> int:
+    from kubelab.vm.box import build_box
+
+    box = build_box(mirror=args.mirror, force=args.force, say=lambda line: _step(line))
+    console.print(f"box {box.name} {box.version} (hash {box.hash[:16]}) in {box.folder}")
+    return 0
+
+
+def cmd_vagrant_json(args: argparse.Namespace) -> int:
+    """The lab as the Vagrantfile reads it (what `vagrant` run by hand needs)."""
+    from kubelab.substrates.vagrant import VagrantSubstrate
+    from kubelab.vm.box import planned_box
+
+    _, spec = _load(args.lab)
+    lab = Lab(spec)
+    if not isinstance(lab.substrate, VagrantSubstrate):
+        raise SpecError(f"substrate.kind: {spec.substrate.kind!r} has no VMs; use kind vagrant")
+    driver = "kvm" if lab.substrate.options.accel == "kvm" else "qemu"
+    print(json.dumps(lab.substrate.render(planned_box(), driver), indent=1))
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -295,7 +319,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CIDR",
         help="warn about DNAT targets outside these ranges (repeatable)",
     )
+    p.add_argument(
+        "--node-address",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="an address of the node (repeatable): IPVS virtual servers on it in the "
+        "NodePort range are NodePorts",
+    )
     p.set_defaults(func=cmd_audit)
+    p = sub.add_parser("box", help="the VM labs' Vagrant box: build it from Debian packages")
+    p.add_argument("action", choices=["build"])
+    p.add_argument("--mirror", help="Debian mirror URL (default: the one apt uses here)")
+    p.add_argument("--force", action="store_true", help="build again even if cached")
+    p.set_defaults(func=cmd_box)
+    p = sub.add_parser("vagrant-json", help="print a VM lab as the Vagrantfile reads it")
+    p.add_argument("lab", help="lab spec (a vagrant-substrate one)")
+    p.set_defaults(func=cmd_vagrant_json)
     p = sub.add_parser("bench", help="benchmarks: scale (rules, sync time, latency vs N)")
     p.add_argument("kind", choices=["scale", "load", "failover"])
     p.add_argument("--modes", help="proxy modes, comma separated (default: all this kernel has)")

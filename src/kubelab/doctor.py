@@ -28,6 +28,8 @@ PACKAGES = (
     "scipy",
     "matplotlib",
     "ansible-core",
+    "ansible",
+    "ansible-runner",
 )
 TOOLS = {  # tool -> (version argv, Debian package, what needs it)
     "ip": (["ip", "-V"], "iproute2", "every lab"),
@@ -37,6 +39,10 @@ TOOLS = {  # tool -> (version argv, Debian package, what needs it)
     "ipvsadm": (["ipvsadm", "--version"], "ipvsadm", "proxy mode ipvs"),
     "ssh": (["ssh", "-V"], "openssh-client", "every lab"),
     "wrk": (["wrk", "--version"], "wrk", "kubelab bench load only"),
+    "vagrant": (["vagrant", "--version"], "vagrant vagrant-libvirt", "VM labs"),
+    "virsh": (["virsh", "--version"], "libvirt-clients libvirt-daemon-system", "VM labs"),
+    "qemu-system-x86_64": (["qemu-system-x86_64", "--version"], "qemu-system-x86", "VM labs"),
+    "debootstrap": (["debootstrap", "--version"], "debootstrap", "kubelab box build"),
 }
 IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh")
 
@@ -140,6 +146,45 @@ def ipvs() -> Finding:
     return Finding("kernel ip_vs", True, detail)
 
 
+VM_DISK_GIB = 4  # the box (~0.8 GiB), its copy in a lab's pool, the VMs' overlays, logs
+
+
+def vm_disk() -> Finding:
+    from kubelab.vm.box import CACHE_ROOT
+
+    folder = CACHE_ROOT
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free / 2**30
+    return Finding(
+        "disk for VM labs",
+        free >= VM_DISK_GIB,
+        f"{free:.1f} GiB free at {folder}",
+        f"free at least {VM_DISK_GIB} GiB there for the box and the VMs' disks",
+    )
+
+
+def vm_box() -> list[Finding]:
+    """Whether the VM labs' box is built, and what runs its VMs (if already decided)."""
+    from kubelab.vm.box import cached_box, planned_box
+
+    found = [vm_disk()]
+    box = cached_box()
+    if box is None:
+        planned = planned_box()
+        detail = f"{planned.name} {planned.version} not built"
+        fix = "kubelab box build (VM labs build it at their first up)"
+        return [*found, Finding("vm box", False, detail, fix)]
+    found.append(Finding("vm box", True, f"{box.name} {box.version} in {box.folder}"))
+    accel = os.path.join(box.folder, "accel.json")
+    if os.path.exists(accel):
+        with open(accel) as f:
+            driver = f.read()
+        engine = "KVM" if '"kvm"' in driver else "QEMU software emulation (KVM did not boot it)"
+        found.append(Finding("vm accelerator", True, engine))
+    return found
+
+
 def lab_findings(lab: Lab) -> list[Finding]:
     """The lab's own checks, the ones `up` and `run` stop on."""
     try:
@@ -153,7 +198,7 @@ def lab_findings(lab: Lab) -> list[Finding]:
 
 def examine(lab: Lab) -> tuple[list[Finding], bool]:
     """Every finding, and whether the lab can run (its own checks decide)."""
-    findings = [privileges(), *tools(), *packages()]
+    findings = [privileges(), *tools(), *packages(), *vm_box()]
     if os.geteuid() == 0:
         findings += kernel_features()
     verdict = lab_findings(lab)

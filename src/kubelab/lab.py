@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,9 @@ from kubelab.naming import STATE_ROOT
 from kubelab.spec import LabSpec
 from kubelab.spec_common import ServiceSpec, WorkloadSpec
 from kubelab.status import describe
-from kubelab.substrates.base import Substrate
+from kubelab.substrates.base import Progress, Substrate
 from kubelab.substrates.registry import SUBSTRATES
 from kubelab.topology import PodInfo, Topology
-
-Progress = Callable[[str], None]
 
 
 class Lab:
@@ -45,10 +43,11 @@ class Lab:
     def check(self) -> None:
         """Stop with one line per missing thing, before building anything."""
         existed = self.exists()
-        lines = self.substrate.check() or self.dataplane.check()
+        lines = self.substrate.check()
+        lines = lines or (self.dataplane.check() if self.substrate.members_before_up else [])
+        if lines and not existed:
+            self.substrate.down()  # what reaching the members left (SSH connections)
         if lines:
-            if not existed:
-                self.substrate.down()  # what reaching the members left (SSH connections)
             raise EnvironmentMissing("\n".join(lines))
 
     def up(self, progress: Progress = lambda _: None) -> None:
@@ -57,7 +56,9 @@ class Lab:
             progress("remove leftovers")
             self.down()
             progress("nodes and node network")
-            self.substrate.up()
+            self.substrate.up(progress)
+            if lines := [] if self.substrate.members_before_up else self.dataplane.check():
+                raise EnvironmentMissing("\n".join(lines))  # VMs, checked once they exist
             self.dataplane.up(progress)
             self._save_state()
         except BaseException:

@@ -75,6 +75,8 @@ def run_lab(
         run.attach(lab)
         progress(f"scenarios in {scenarios}")
         code = run_scenarios(lab, run.writer, scenarios, pytest_args)
+        progress("collecting each node's rules and conntrack table")
+        lab.substrate.collect(run.run_dir / "nodes")
     finally:
         progress("tearing the lab down")
         lab.down()

@@ -45,7 +45,12 @@ class RunFolder:
         """Rows from now on belong to `lab` (a benchmark attaches one lab per mode)."""
         kernels = lab.substrate.kernels()
         self.writer.context = context_for(lab, self.run_id, kernels)
-        update_provenance(self.run_dir, node_kernels={lab.spec.lab_id: kernels})
+        update_provenance(
+            self.run_dir,
+            node_kernels={lab.spec.lab_id: kernels},
+            **lab.substrate.provenance(),  # a VM lab's box: name, version, hash
+        )
+        lab.substrate.keep_records(self.run_dir)
         return self.writer.context
 
     def use(self, context: RunContext) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from kubelab.errors import LabError
 from kubelab.hosts import Runner
 from kubelab.model import Service, ServiceState
 from kubelab.spec_common import DataplaneOptions, ServiceSpec, WorkloadSpec
@@ -105,6 +106,11 @@ class Dataplane(ABC):
     @abstractmethod
     def sync(self, change: str) -> ProgrammingEvent:
         """Re-program every node from the current state."""
+
+    def restart_proxy(self, scheduler: str) -> ProgrammingEvent:
+        """As kube-proxy restarted with another `--ipvs-scheduler`; a dataplane whose proxy
+        cannot be reconfigured says so."""
+        raise LabError(f"the {self.kind} dataplane cannot restart its proxy with new settings")
 
     # --- state --------------------------------------------------------------------------------
 

@@ -46,7 +46,9 @@ def _first_line(text: str) -> str:
     return "the file is empty"
 
 
-def read_dump(text: str, source: str = "dump") -> ForwardingTable:
+def read_dump(
+    text: str, source: str = "dump", node_addresses: set[str] | None = None
+) -> ForwardingTable:
     kind = detect(text)
     if kind == "unknown":
         if re.search(r"^\s*table\s+(ip|ip6|inet)\s+\S+", text, re.M):
@@ -83,7 +85,7 @@ def read_dump(text: str, source: str = "dump") -> ForwardingTable:
                     "a table has no COMMIT line: the dump looks cut off; the table may be partial"
                 )
         else:
-            table = read_ipvsadm(text)
+            table = read_ipvsadm(text, node_addresses)
     except AuditInputError:
         raise
     except (ValueError, KeyError, IndexError, TypeError) as exc:
@@ -95,11 +97,16 @@ def read_dump(text: str, source: str = "dump") -> ForwardingTable:
     return table
 
 
-def audit(text: str, source: str = "dump", pod_cidrs: list[str] | None = None) -> ForwardingTable:
+def audit(
+    text: str,
+    source: str = "dump",
+    pod_cidrs: list[str] | None = None,
+    node_addresses: set[str] | None = None,
+) -> ForwardingTable:
     try:
         nets = [ipaddress.IPv4Network(c, strict=False) for c in pod_cidrs or []]
     except ValueError as exc:
         raise AuditInputError(f"--pod-cidr: {exc}; use a CIDR such as 10.244.0.0/16") from None
-    table = read_dump(text, source)
+    table = read_dump(text, source, node_addresses)
     check_table(table, nets)
     return table

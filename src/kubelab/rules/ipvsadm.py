@@ -98,7 +98,10 @@ def parse_save(text: str, warnings: list[str]) -> list[VirtualServer]:
     return list(servers.values())
 
 
-def read_ipvsadm(text: str) -> ForwardingTable:
+def read_ipvsadm(text: str, node_addresses: set[str] | None = None) -> ForwardingTable:
+    """`node_addresses`: the node's own addresses, when known. A dump alone shows a node
+    address only where one NodePort sits on several addresses; a node whose NodePorts are
+    on its node IP alone needs them named."""
     table = ForwardingTable("ipvs")
     is_save = re.search(r"^\s*-A\s+-[tu]\s", text, re.M) is not None
     servers = (parse_save if is_save else parse_list)(text, table.warnings)
@@ -107,7 +110,7 @@ def read_ipvsadm(text: str) -> ForwardingTable:
         groups.setdefault((vs.protocol, vs.port), []).append(vs)
     # an address serving one NodePort on several addresses is a node address: every other
     # virtual server on it in the NodePort range is a NodePort too
-    node_addresses = {
+    node_addresses = set(node_addresses or ()) | {
         vs.address
         for (_, port), members in groups.items()
         if port in NODE_PORT_RANGE and len({m.address for m in members}) >= 2
@@ -135,4 +138,6 @@ def _fill(front: Frontend, vs: VirtualServer) -> None:
     front.weights = [w / total if total else 0.0 for _, w in vs.reals]
     front.masquerade_offcluster = None
     if not vs.reals:
-        front.no_endpoints = "drop"  # IPVS with no real servers drops (no RST)
+        # IPVS answers a virtual server with no real server with ICMP port unreachable:
+        # the client sees a refusal, as with a REJECT rule (seen on a Debian 6.1 guest)
+        front.no_endpoints = "reject"

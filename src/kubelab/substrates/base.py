@@ -4,15 +4,40 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from kubelab.hosts import Runner
-from kubelab.inventory import Inventory
+from kubelab.inventory import Inventory, Member
 from kubelab.spec_common import SubstrateOptions
 
 if TYPE_CHECKING:
     from kubelab.spec import LabSpec
+
+Progress = Callable[[str], None]
+NODE_HOST_OFFSET = 10  # node i (1-based) gets node_cidr + 10 + i, as Vagrant labs usually do
+# What `collect` reads on each node into reports/<run>/nodes/<node>/ (playbooks/roles/
+# collect reads the same with Ansible).
+COLLECTED = {
+    "iptables-save.txt": ["iptables-save"],
+    "nft-ruleset.json": ["nft", "-j", "list", "ruleset"],
+    "ipvsadm-S-n.txt": ["ipvsadm", "-S", "-n"],
+    "conntrack-L.txt": ["conntrack", "-L"],
+    "kernel.txt": ["uname", "-a"],
+    "modules.txt": ["cat", "/proc/modules"],
+}
+
+
+def planned_inventory(spec: LabSpec) -> Inventory:
+    """Addresses a substrate that makes its own members assigns: node i gets node_cidr +
+    10 + i, the client the network's last address."""
+    net = spec.network.node_cidr
+    nodes = tuple(
+        Member(n.name, net.network_address + NODE_HOST_OFFSET + i)
+        for i, n in enumerate(spec.nodes, start=1)
+    )
+    return Inventory(nodes, Member(spec.client.name, net.broadcast_address - 1))
 
 
 class Substrate(ABC):
@@ -21,6 +46,9 @@ class Substrate(ABC):
     # True when `down` removes the members themselves (namespaces, VMs): nothing a
     # dataplane made on them needs undoing one by one.
     disposable: ClassVar[bool] = False
+    # False when the members exist only after `up` (VMs): the dataplane's checks of what
+    # they have installed then run right after the substrate's `up`.
+    members_before_up: ClassVar[bool] = True
 
     def __init__(self, spec: LabSpec, state_dir: Path) -> None:
         self.spec = spec
@@ -42,7 +70,7 @@ class Substrate(ABC):
         """The nodes and the client, by name and address."""
 
     @abstractmethod
-    def up(self) -> None:
+    def up(self, progress: Progress) -> None:
         """Create (or reach) the nodes, the client and the node network."""
 
     @abstractmethod
@@ -84,3 +112,20 @@ class Substrate(ABC):
             m.name: self.runner(m.name).run(["uname", "-r"]).stdout.strip()
             for m in self.inventory().nodes
         }
+
+    def provenance(self) -> dict[str, Any]:
+        """What a run's provenance records of this substrate (a VM box, say)."""
+        return {}
+
+    def keep_records(self, run_dir: Path) -> None:  # noqa: B027 - most keep no records
+        """Copy what `up` recorded (logs, playbook artifacts) into a run folder."""
+
+    def collect(self, folder: Path) -> None:
+        """Each node's rules, conntrack table, kernel and modules, into folder/<node>/."""
+        for node in self.inventory().nodes:
+            out = folder / node.name
+            out.mkdir(parents=True, exist_ok=True)
+            runner = self.runner(node.name)
+            for name, argv in COLLECTED.items():
+                result = runner.run(argv, check=False, timeout=60)
+                (out / name).write_text(result.stdout if result.ok else result.stderr)

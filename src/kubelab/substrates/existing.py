@@ -30,7 +30,7 @@ from kubelab.hosts import Runner, SshRunner, interface_of, kill_under
 from kubelab.inventory import Inventory, Member
 from kubelab.naming import STATE_ROOT, member_dir
 from kubelab.spec_common import SubstrateOptions
-from kubelab.substrates.base import Substrate
+from kubelab.substrates.base import Progress, Substrate
 
 NODES_GROUP = "nodes"
 CLIENT_GROUP = "client"
@@ -230,7 +230,7 @@ class ExistingSubstrate(Substrate):
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def up(self) -> None:
+    def up(self, progress: Progress) -> None:
         self._write_access()
         for name in self.hosts:
             self.runner(name).run(["mkdir", "-p", member_dir(self.spec.lab_id, name)])

@@ -31,16 +31,15 @@ from pyroute2 import IPRoute
 from kubelab import netns_util
 from kubelab.errors import LabError
 from kubelab.hosts import LocalRunner, NetnsRunner, Runner
-from kubelab.inventory import Inventory, Member
+from kubelab.inventory import Inventory
 from kubelab.naming import lab_netns, lab_prefix
 from kubelab.spec_common import SubstrateOptions
-from kubelab.substrates.base import Substrate
+from kubelab.substrates.base import Progress, Substrate, planned_inventory
 
 FABRIC = "fabric"  # the member holding the node network's bridge
 FABRIC_BRIDGE = "br0"
 SSHD = "/usr/sbin/sshd"
 TOOLS = ("ip", "ssh", "ssh-keygen")
-NODE_HOST_OFFSET = 10  # node i (1-based) gets node_cidr + 10 + i, as Vagrant labs usually do
 
 
 class NetnsOptions(SubstrateOptions):
@@ -63,12 +62,7 @@ class NetnsSubstrate(Substrate):
 
     @cached_property
     def _inventory(self) -> Inventory:
-        net = self.spec.network.node_cidr
-        nodes = tuple(
-            Member(n.name, net.network_address + NODE_HOST_OFFSET + i)
-            for i, n in enumerate(self.spec.nodes, start=1)
-        )
-        return Inventory(nodes, Member(self.spec.client.name, net.broadcast_address - 1))
+        return planned_inventory(self.spec)
 
     def inventory(self) -> Inventory:
         return self._inventory
@@ -92,7 +86,7 @@ class NetnsSubstrate(Substrate):
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def up(self) -> None:
+    def up(self, progress: Progress) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         fabric = self.netns(FABRIC)
         netns_util.create_netns(fabric)

@@ -189,6 +189,15 @@ class ReferenceDataplane(Dataplane):
                 listener()
             return event
 
+    def restart_proxy(self, scheduler: str) -> ProgrammingEvent:
+        """kube-proxy restarted with another IPVS scheduler: it reconciles what the nodes
+        hold, so each virtual server is edited in place (`ipvsadm -E`), none removed."""
+        if self.proxy_mode != "ipvs":
+            raise LabError(f"an IPVS scheduler means nothing in proxy mode {self.proxy_mode}")
+        with self._lock:
+            self.proxier.scheduler = scheduler
+            return self.sync(f"kube-proxy restarted with --ipvs-scheduler={scheduler}")
+
     def full_sync(self) -> float:
         """Forget incremental state and load every node's whole ruleset (benchmarks)."""
         self.proxier.forget()

@@ -21,6 +21,13 @@ from kubelab.model import ServiceState, categorize
 
 DUMMY = "kube-ipvs0"
 SECTIONS = ("addresses", "ipset", "iptables", "ipvsadm")
+# What kube-proxy's IPVS mode sets on start (pkg/proxy/ipvs/proxier.go): vs/conntrack lets
+# iptables masquerade IPVS-forwarded packets (NodePort and external traffic to endpoints on
+# other nodes need it); the two expire settings drop connections to removed real servers.
+SYSCTLS = (
+    "sysctl -qw net.ipv4.vs.conntrack=1 net.ipv4.vs.expire_nodest_conn=1 "
+    "net.ipv4.vs.expire_quiescent_template=1"
+)
 IPSETS = {
     "KUBE-CLUSTER-IP": ("hash:ip,port", "Kubernetes service cluster ip + port for masquerade purpose"),
     "KUBE-LOOP-BACK": ("hash:ip,port,ip", "Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose"),
@@ -31,8 +38,39 @@ IPSETS = {
 }  # fmt: skip
 
 
+def _by_key(text: str) -> tuple[dict[tuple[str, ...], str], dict[tuple[str, ...], str]]:
+    """Virtual servers by (protocol flag, address) and real servers by (flag, vs, real)."""
+    virtual: dict[tuple[str, ...], str] = {}
+    real: dict[tuple[str, ...], str] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["-A"]:
+            virtual[(words[1], words[2])] = line
+        elif words[:1] == ["-a"]:
+            real[(words[1], words[2], words[words.index("-r") + 1])] = line
+    return virtual, real
+
+
+def ipvs_changes(before: str, after: str) -> str:
+    """`ipvsadm -R` input that turns the `before` table into `after`: real servers and
+    virtual servers deleted, then virtual servers added or edited, then real servers."""
+    old_vs, old_rs = _by_key(before)
+    new_vs, new_rs = _by_key(after)
+    out = [f"-d {k[0]} {k[1]} -r {k[2]}" for k in old_rs.keys() - new_rs.keys()]
+    out += [f"-D {k[0]} {k[1]}" for k in old_vs.keys() - new_vs.keys()]
+    out += [line if k not in old_vs else "-E" + line[2:]
+            for k, line in new_vs.items() if old_vs.get(k) != line]  # fmt: skip
+    out += [line if k not in old_rs else "-e" + line[2:]
+            for k, line in new_rs.items() if old_rs.get(k) != line]  # fmt: skip
+    return "".join(f"{line}\n" for line in out)
+
+
 class IpvsProxier(Proxier):
     mode: ClassVar[str] = "ipvs"
+
+    def __init__(self, scheduler: str = "rr", node_ips: dict[str, str] | None = None) -> None:
+        super().__init__(scheduler, node_ips)
+        self._applied: dict[str, str] = {}  # node -> the ipvsadm section it holds
 
     tools: ClassVar[tuple[str, ...]] = (
         "ipvsadm", "ipset", "iptables-restore", "iptables-save", "conntrack",
@@ -128,16 +166,31 @@ class IpvsProxier(Proxier):
         return {k: "\n".join(v) + "\n" for k, v in out.items()}
 
     def apply(self, runner: Runner, text: str) -> None:
+        """All four parts in one shell on the node (one round trip over SSH), fed on stdin
+        since a rule set of 10,000 Services is far past the longest argument allowed."""
         part = self.sections(text)
-        if runner.run(["ip", "link", "show", DUMMY], check=False).rc != 0:
-            runner.run(["ip", "link", "add", DUMMY, "type", "dummy"])
-        runner.run(["ip", "addr", "flush", "dev", DUMMY])
-        for cidr in part["addresses"].split():
-            runner.run(["ip", "addr", "add", cidr, "dev", DUMMY])
-        runner.run(["ipset", "restore", "-exist"], input=part["ipset"])
-        runner.run(["iptables-restore"], input=part["iptables"])
-        runner.run(["ipvsadm", "-C"])
-        runner.run(["ipvsadm", "-R"], input=part["ipvsadm"])
+        # Like kube-proxy, change only what differs from the last sync: clearing and
+        # reloading would leave a moment with no virtual server at all (connections refused)
+        before = self._applied.get(runner.name)
+        incremental = before is not None
+        changes = ipvs_changes(before, part["ipvsadm"]) if before is not None else part["ipvsadm"]
+        addresses = "".join(f"addr add {cidr} dev {DUMMY}\n" for cidr in part["addresses"].split())
+        script = (
+            f"{SYSCTLS}\n"
+            f"ip link show {DUMMY} >/dev/null 2>&1 || ip link add {DUMMY} type dummy\n"
+            f"ip addr flush dev {DUMMY}\n"
+            f"ip -batch - <<'KUBELAB_EOF'\n{addresses}KUBELAB_EOF\n"
+            f"ipset restore -exist <<'KUBELAB_EOF'\n{part['ipset']}KUBELAB_EOF\n"
+            f"iptables-restore <<'KUBELAB_EOF'\n{part['iptables']}KUBELAB_EOF\n"
+            f"{'' if incremental else 'ipvsadm -C'}\n"
+            f"ipvsadm -R <<'KUBELAB_EOF'\n{changes}KUBELAB_EOF\n"
+        )
+        runner.run(["sh", "-e"], input=script)
+        self._applied[runner.name] = part["ipvsadm"]
+
+    def forget(self) -> None:
+        """The next sync of every node clears IPVS and loads every virtual server."""
+        self._applied.clear()
 
     def count_rules(self, runner: Runner) -> dict[str, int]:
         dump = self.dump(runner)
