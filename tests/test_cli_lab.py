@@ -72,8 +72,10 @@ SCENARIOS = {
     "multi_port_and_udp",
     "dns",
     "network_policy",
+    "ipvs_schedulers",
 }
 ONLY_ELSEWHERE = {"dns", "network_policy"}  # need a real cluster: skipped with a reason
+IPVS_ONLY = {"ipvs_schedulers"}  # skipped with a reason in the other modes
 
 
 QUICK = "source_ip and policy"  # the two source-IP cases: enough to interrupt and rerun
@@ -118,7 +120,8 @@ def test_run_runs_every_scenario_and_reports_each_verdict(tmp_path: Path, lab_fi
     verdicts = results[results["metric"] == "verdict"]
     assert set(verdicts["scenario"]) == SCENARIOS
     skipped = verdicts[verdicts["verdict"] == "skip"]
-    assert set(skipped["scenario"]) <= ONLY_ELSEWHERE | {"session_affinity"}
+    assert set(skipped["scenario"]) <= ONLY_ELSEWHERE | IPVS_ONLY | {"session_affinity"}
+    assert IPVS_ONLY <= set(skipped["scenario"])
     assert all(skipped["detail"].str.len() > 0), "every skip states its reason"
     passed = verdicts[verdicts["verdict"] == "pass"]
     assert len(passed) + len(skipped) == len(verdicts)

@@ -94,11 +94,13 @@ def test_the_vagrantfile_reads_a_spec_path_too(tmp_path: Path) -> None:
 @needs_vagrant
 def test_the_vagrantfile_says_what_is_missing(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBELAB_LAB")}
+    env["VAGRANT_DOTFILE_PATH"] = str(tmp_path / "dot")  # nothing written into the checkout
     result = subprocess.run(
         ["vagrant", "validate"], capture_output=True, text=True, cwd=ROOT, env=env, check=False
     )
     assert result.returncode != 0
     assert "set KUBELAB_LAB" in result.stdout + result.stderr
+    assert not (ROOT / ".vagrant").exists()
 
 
 def test_the_playbooks_pass_ansible_lint_production() -> None:
