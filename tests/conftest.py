@@ -15,6 +15,7 @@ import yaml
 
 from kubelab.lab import Lab
 from kubelab.spec import LabSpec, parse_spec
+from kubelab.substrates.vagrant import VM_ROOT
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -100,6 +101,29 @@ def leftovers(lab_id: str) -> list[str]:
             found.append(f"process {pid}: {cmd[:80]}")
     if Path(f"/run/kubelab/{lab_id}").exists():
         found.append(f"state dir /run/kubelab/{lab_id}")
+    return found
+
+
+VM_DAEMONS = ("qemu-system-x86", "libvirtd", "virtlogd", "virtlockd", "dnsmasq")
+MACHINE_INDEX = Path.home() / ".vagrant.d" / "data" / "machine-index" / "index"
+
+
+def vm_leftovers(lab_id: str) -> list[str]:
+    """What a VM lab may leave: namespaces, state, libvirt folders, daemons, VMs that
+    Vagrant still lists."""
+    found = leftovers(lab_id)
+    if (VM_ROOT / lab_id).exists():
+        found.append(f"libvirt folder {VM_ROOT / lab_id}")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        name, state = stat.split("(", 1)[1].rsplit(")", 1)[0], stat.rsplit(")", 1)[1].split()[0]
+        if name in VM_DAEMONS and state != "Z":
+            found.append(f"process {pid} {name}")
+    if MACHINE_INDEX.exists() and f"/run/kubelab/{lab_id}/" in MACHINE_INDEX.read_text():
+        found.append("Vagrant's machine index still lists the lab's VMs")
     return found
 
 

@@ -42,6 +42,8 @@ def _with(path: list[str | int], value: object) -> dict:
     return data
 
 
+ECHO = local_spec_data()["services"][0]
+
 BAD = {
     "unknown field": (_with(["nodes", 0, "cpus"], 2), "nodes[0].cpus: unknown field"),
     "unknown top-level field": (local_spec_data(proxy="iptables"), "proxy: unknown field"),
@@ -76,11 +78,11 @@ BAD = {
     ),
     "too many nodes for the pod CIDR": (
         _with(["network", "node_pod_prefix"], 17),
-        "pod_cidr 10.244.0.0/16 holds 2 /17 node slices, too few for 3 nodes",
+        "network.pod_cidr: 10.244.0.0/16 holds 2 /17 node slices, too few for 3 nodes",
     ),
     "unknown workload": (
         _with(["services", 0, "workload"], "web"),
-        "selects workload 'web', which is not defined",
+        "services[0].workload: Service default/echo selects workload 'web', which is not defined",
     ),
     "missing field": (
         {k: v for k, v in local_spec_data().items() if k != "nodes"},
@@ -108,8 +110,100 @@ BAD = {
         local_spec_data(
             nodes=[{"name": f"n{i}"} for i in range(120)], network={"node_cidr": "10.0.0.0/25"}
         ),
-        "node_cidr 10.0.0.0/25 holds 114 nodes and a client, too few for 120; use a larger "
-        "node_cidr (a /24 holds 242)",
+        "network.node_cidr: 10.0.0.0/25 holds 114 nodes and a client, too few for 120; use a "
+        "larger node_cidr (a /24 holds 242)",
+    ),
+    "a node network too small for any node": (
+        _with(["network", "node_cidr"], "192.168.56.0/30"),
+        "network.node_cidr: 192.168.56.0/30 holds 0 nodes and a client, too few for 3; use a "
+        "larger node_cidr (a /27 holds 18)",
+    ),
+    "unknown dataplane": (
+        _with(["dataplane", "kind"], "cilium"),
+        "dataplane.kind: 'cilium' is not supported; use 'reference'",
+    ),
+    "unknown pod network (CNI)": (
+        _with(["dataplane", "pod_network"], "bgp"),
+        "dataplane.pod_network: 'bgp' is not supported; use 'host-gw' or 'vxlan'",
+    ),
+    "unknown field in network": (_with(["network", "mtu"], 1400), "network.mtu: unknown field"),
+    "unknown field in a Service port": (
+        _with(["services", 0, "ports", 0, "nodeport"], 30080),
+        "services[0].ports[0].nodeport: unknown field",
+    ),
+    "unknown field in a workload": (
+        _with(["workloads", 0, "image"], "nginx"),
+        "workloads[0].image: unknown field",
+    ),
+    "unknown field in the substrate": (
+        _with(["substrate", "cpus"], 2),
+        "substrate.cpus: unknown field",
+    ),
+    "a number that is text": (
+        _with(["workloads", 0, "pods_per_node"], "two"),
+        "workloads[0].pods_per_node: 'two' is not a whole number; give an integer",
+    ),
+    "nodes that are not a list": (
+        local_spec_data(nodes="node1"),
+        "nodes: 'node1' is not a list; give a YAML list",
+    ),
+    "a seed that is text": (local_spec_data(seed="abc"), "seed: 'abc' is not a whole number"),
+    "port zero": (
+        _with(["services", 0, "ports", 0, "port"], 0),
+        "services[0].ports[0].port: 0 is too small; use at least 1",
+    ),
+    "unknown protocol": (
+        _with(["services", 0, "ports", 0, "protocol"], "ICMP"),
+        "services[0].ports[0].protocol: 'ICMP' is not supported; use 'TCP' or 'UDP'",
+    ),
+    "a NodePort used twice": (
+        local_spec_data(
+            services=[
+                {**ECHO, "name": "a"},
+                {**ECHO, "name": "b"},
+            ]
+        ),
+        "services[1].ports[0].node_port: 30080 is already used by services[0] as a NodePort",
+    ),
+    "a health-check port that is a NodePort": (
+        local_spec_data(
+            services=[{**ECHO, "external_traffic_policy": "Local", "health_check_node_port": 30080}]
+        ),
+        "services[0].health_check_node_port: 30080 is already used by services[0] as a NodePort",
+    ),
+    "a Service defined twice": (
+        local_spec_data(
+            services=[ECHO, {**ECHO, "ports": [{**ECHO["ports"][0], "node_port": 30081}]}]
+        ),
+        "services[1].name: Service default/echo is defined twice",
+    ),
+    "duplicate node names": (
+        local_spec_data(nodes=[{"name": "node1"}, {"name": "node1"}]),
+        "nodes[1].name: 'node1' is used twice; give every node and the client a different name",
+    ),
+    "the client named like a node": (
+        local_spec_data(client={"name": "node2"}),
+        "client.name: 'node2' is used twice",
+    ),
+    "a workload defined twice": (
+        local_spec_data(workloads=[{"name": "echo", "replicas": 1}] * 2),
+        "workloads[1].name: 'echo' is used twice; give each workload its own",
+    ),
+    "a workload on unknown nodes": (
+        _with(["workloads", 0, "nodes"], ["node9"]),
+        "workloads[0].nodes: ['node9'] are not nodes of this lab; use some of",
+    ),
+    "a Service selecting no workload": (
+        local_spec_data(services=[{k: v for k, v in ECHO.items() if k != "workload"}]),
+        "services[0].workload: required field is missing",
+    ),
+    "a cluster IP outside the service CIDR": (
+        _with(["services", 0, "cluster_ip"], "10.1.2.3"),
+        "services[0].cluster_ip: 10.1.2.3 is outside service_cidr 10.96.0.0/12",
+    ),
+    "a Vagrant lab with an overlapping management network": (
+        local_spec_data(substrate={"kind": "vagrant", "management_cidr": "not-a-cidr"}),
+        "substrate.management_cidr: ",
     ),
     "existing hosts without an inventory file": (
         local_spec_data(substrate={"kind": "existing", "inventory": "no-such.ini"}),
@@ -135,6 +229,13 @@ def test_not_a_mapping() -> None:
         parse_spec(["a"], "x.yaml")
 
 
+def test_an_empty_file_says_what_it_must_hold(tmp_path: Path) -> None:
+    p = tmp_path / "empty.yaml"
+    p.write_text("")
+    with pytest.raises(SpecError, match="must hold a mapping of fields"):
+        load_spec(p)
+
+
 def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
     p = tmp_path / "broken.yaml"
     p.write_text("name: a\nnodes: [\n")
@@ -145,6 +246,32 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
 def test_missing_file() -> None:
     with pytest.raises(SpecError, match="no such lab spec file"):
         load_spec("labs/nope.yaml")
+
+
+@pytest.mark.parametrize("case", sorted(BAD), ids=lambda c: c.replace(" ", "-"))
+def test_every_bad_spec_stops_kubelab_up_in_one_line_and_builds_nothing(
+    tmp_path: Path, case: str
+) -> None:
+    data, expected = BAD[case]
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(data))
+    before = set(
+        subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    )
+    state = set(Path("/run/kubelab").iterdir()) if Path("/run/kubelab").exists() else set()
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubelab.cli", "up", str(p)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+    after = set(
+        subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    )
+    assert after <= before
+    assert (
+        set(Path("/run/kubelab").iterdir()) if Path("/run/kubelab").exists() else set()
+    ) <= state
 
 
 @pytest.mark.parametrize("command", ["up", "run", "status"])

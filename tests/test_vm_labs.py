@@ -18,12 +18,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT, host_network_snapshot, leftovers
+from conftest import ROOT, host_network_snapshot, vm_leftovers
 from helpers import kubelab
 from kubelab.lab import Lab
 from kubelab.run import run_lab
 from kubelab.spec import load_spec
-from kubelab.substrates.vagrant import VM_ROOT
 from kubelab.traffic.runner import ProbePlan, run_probes
 from kubelab.vm.box import INSECURE_KEY_GLOB
 from kubelab.vm.wheelhouse import CLIENT_PYTHON
@@ -32,27 +31,6 @@ pytestmark = [pytest.mark.root, pytest.mark.vm]
 
 IPVS_SPEC = ROOT / "labs" / "vm-ipvs.yaml"
 NFT_SPEC = ROOT / "labs" / "vm-nftables.yaml"
-VM_DAEMONS = ("qemu-system-x86", "libvirtd", "virtlogd", "virtlockd", "dnsmasq")
-MACHINE_INDEX = Path.home() / ".vagrant.d" / "data" / "machine-index" / "index"
-
-
-def vm_leftovers(lab_id: str) -> list[str]:
-    """What a VM lab may leave: namespaces, state, libvirt folders, daemons, VMs that
-    Vagrant still lists."""
-    found = leftovers(lab_id)
-    if (VM_ROOT / lab_id).exists():
-        found.append(f"libvirt folder {VM_ROOT / lab_id}")
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        name, state = stat.split("(", 1)[1].rsplit(")", 1)[0], stat.rsplit(")", 1)[1].split()[0]
-        if name in VM_DAEMONS and state != "Z":
-            found.append(f"process {pid} {name}")
-    if MACHINE_INDEX.exists() and f"/run/kubelab/{lab_id}/" in MACHINE_INDEX.read_text():
-        found.append("Vagrant's machine index still lists the lab's VMs")
-    return found
 
 
 def _qemu_running() -> bool:

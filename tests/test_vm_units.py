@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import DATA, local_spec_data
+from conftest import DATA, ROOT, local_spec_data, vm_leftovers
 from kubelab.dataplanes.reference.proxier.ipvs import ipvs_changes
 from kubelab.errors import EnvironmentMissing
 from kubelab.lab import Lab
@@ -81,3 +84,19 @@ def test_a_management_network_over_the_node_network_is_refused_in_one_line() -> 
         "give the management network another range"
     )
     assert caught.value.exit_code == 2
+
+
+@pytest.mark.root
+def test_a_vm_lab_without_vagrant_stops_in_one_line_and_builds_nothing(tmp_path: Path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubelab.cli", "up", str(ROOT / "labs" / "vm-ipvs.yaml")],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
+        env={**os.environ, "PATH": str(empty)},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing tools; install the Debian packages" in lines[0], lines
+    assert "vagrant" in lines[0] and "libvirt-daemon-system" in lines[0]
+    assert vm_leftovers("vmipvs") == []

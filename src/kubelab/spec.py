@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Union
 
@@ -81,21 +83,25 @@ class LabSpec(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> LabSpec:
-        names = [n.name for n in self.nodes] + [self.client.name]
-        if "fabric" in names:
-            raise ValueError("'fabric' is reserved for the lab's switch; name the member otherwise")
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(
-                f"member name {sorted(dup)[0]!r} is used twice; give every node "
-                "and the client a different name"
-            )
+        """Checks across fields. Each message starts with the path of the field to fix."""
+        members = [(f"nodes[{i}].name", n.name) for i, n in enumerate(self.nodes)]
+        members.append(("client.name", self.client.name))
+        seen: set[str] = set()
+        for path, name in members:
+            if name == "fabric":
+                raise ValueError(f"{path}: 'fabric' is reserved for the lab's switch; rename it")
+            if name in seen:
+                raise ValueError(
+                    f"{path}: {name!r} is used twice; give every node and the client "
+                    "a different name"
+                )
+            seen.add(name)
         net = self.network
         slices = 2 ** (net.node_pod_prefix - net.pod_cidr.prefixlen)
         if len(self.nodes) + 1 > slices:
             raise ValueError(
-                f"pod_cidr {net.pod_cidr} holds {slices} /{net.node_pod_prefix} node slices, "
-                f"too few for {len(self.nodes)} nodes; use a larger pod_cidr"
+                f"network.pod_cidr: {net.pod_cidr} holds {slices} /{net.node_pod_prefix} node "
+                f"slices, too few for {len(self.nodes)} nodes; use a larger pod_cidr"
             )
         per_node = 2 ** (32 - net.node_pod_prefix) - 3  # network, gateway, broadcast
         pods = max(
@@ -107,50 +113,67 @@ class LabSpec(StrictModel):
         )
         if pods > per_node:
             raise ValueError(
-                f"{pods} pods per node do not fit a /{net.node_pod_prefix} node slice of "
-                f"pod_cidr (room for {per_node}); lower pods_per_node or node_pod_prefix"
+                f"workloads: {pods} pods per node do not fit a /{net.node_pod_prefix} node slice "
+                f"of pod_cidr (room for {per_node}); lower pods_per_node or node_pod_prefix"
             )
-        room = net.node_cidr.num_addresses - 14  # .1-.10 stay free; the client takes one
+        room = net.node_cidr.num_addresses - RESERVED_NODE_ADDRESSES
         if len(self.nodes) > room:
+            fits = 32 - math.ceil(math.log2(len(self.nodes) + RESERVED_NODE_ADDRESSES))
             raise ValueError(
-                f"node_cidr {net.node_cidr} holds {max(room, 0)} nodes and a client, too few "
-                f"for {len(self.nodes)}; use a larger node_cidr (a /{net.node_cidr.prefixlen - 1} "
-                f"holds {2 * net.node_cidr.num_addresses - 14})"
+                f"network.node_cidr: {net.node_cidr} holds {max(room, 0)} nodes and a client, "
+                f"too few for {len(self.nodes)}; use a larger node_cidr (a /{fits} holds "
+                f"{2 ** (32 - fits) - RESERVED_NODE_ADDRESSES})"
             )
-        workloads = {w.name for w in self.workloads}
         node_names = {n.name for n in self.nodes}
-        for w in self.workloads:
+        workloads: set[str] = set()
+        for i, w in enumerate(self.workloads):
+            if w.name in workloads:
+                raise ValueError(
+                    f"workloads[{i}].name: {w.name!r} is used twice; give each workload its own"
+                )
+            workloads.add(w.name)
             unknown = sorted(set(w.nodes or []) - node_names)
             if unknown:
                 raise ValueError(
-                    f"workload {w.name} names unknown nodes {unknown}; "
-                    f"use some of {sorted(node_names)}"
+                    f"workloads[{i}].nodes: {_shown(unknown)} are not nodes of this lab; "
+                    f"use some of {_shown(sorted(node_names))}"
                 )
-        seen_node_ports: set[int] = set()
+        node_ports: dict[int, str] = {}
         seen_services: set[str] = set()
-        for svc in self.services:
+        for i, svc in enumerate(self.services):
             key = f"{svc.namespace}/{svc.name}"
             if key in seen_services:
-                raise ValueError(f"Service {key} is defined twice; give each a different name")
+                raise ValueError(
+                    f"services[{i}].name: Service {key} is defined twice; give each its own name"
+                )
             seen_services.add(key)
             if svc.workload not in workloads:
                 raise ValueError(
-                    f"Service {key} selects workload {svc.workload!r}, which is not defined; "
-                    f"use one of {sorted(workloads) or 'the workloads you add under workloads:'}"
+                    f"services[{i}].workload: Service {key} selects workload {svc.workload!r}, "
+                    "which is not defined; use one of "
+                    f"{sorted(workloads) or 'the workloads you add under workloads:'}"
                 )
             if isinstance(svc.cluster_ip, ipaddress.IPv4Address) and (
                 svc.cluster_ip not in net.service_cidr
             ):
                 raise ValueError(
-                    f"Service {key} cluster_ip {svc.cluster_ip} is outside "
+                    f"services[{i}].cluster_ip: {svc.cluster_ip} is outside "
                     f"service_cidr {net.service_cidr}; pick an address inside it"
                 )
-            for node_port in [p.node_port for p in svc.ports] + [svc.health_check_node_port]:
+            ports = [(f"services[{i}].ports[{j}].node_port", p.node_port) for j, p in
+                     enumerate(svc.ports)] + [(f"services[{i}].health_check_node_port",
+                                               svc.health_check_node_port)]  # fmt: skip
+            for path, node_port in ports:
                 if node_port is None:
                     continue
-                if node_port in seen_node_ports:
-                    raise ValueError(f"node_port {node_port} is used twice; give each its own")
-                seen_node_ports.add(node_port)
+                if node_port in node_ports:
+                    raise ValueError(
+                        f"{path}: {node_port} is already {node_ports[node_port]}; "
+                        "give each NodePort and health-check port its own"
+                    )
+                node_ports[node_port] = f"used by {path.split('.')[0]}" + (
+                    " as its health-check port" if "health" in path else " as a NodePort"
+                )
         return self
 
     @property
@@ -181,6 +204,8 @@ PATTERNS = {
     "digit (for example node-1)",
 }
 SHOWN_VALUE = 40  # an error shows at most this much of the value it rejects
+FIELD_FIRST = re.compile(r"^[a-z_]+(\[\d+\]|\.[a-z_]+)*: ")
+RESERVED_NODE_ADDRESSES = 14  # .0-.10 stay free, the client takes one, broadcast
 
 
 def _shown(value: Any) -> str:
@@ -215,8 +240,25 @@ def _one_line(err: Any) -> str:
         return f"{loc}: {value} has too few entries; give at least {ctx.get('min_length')}"
     if kind == "too_long":
         return f"{loc}: {value} has too many entries; give at most {ctx.get('max_length')}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"{loc}: {value} is not a whole number; give an integer"
+    if kind in ("list_type", "tuple_type"):
+        return f"{loc}: {value} is not a list; give a YAML list (one '- item' per line)"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"{loc}: {value} is not a mapping; give 'key: value' lines"
+    if kind in ("string_type",):
+        return f"{loc}: {value} is not text; quote it"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"{loc}: {value} is not true or false; give one of them"
+    if kind in ("greater_than_equal", "greater_than"):
+        return f"{loc}: {value} is too small; use at least {ctx.get('ge', ctx.get('gt'))}"
+    if kind in ("less_than_equal", "less_than"):
+        return f"{loc}: {value} is too large; use at most {ctx.get('le', ctx.get('lt'))}"
     if msg.startswith("Value error, "):
-        return f"{loc}: {msg[len('Value error, ') :]}"
+        text = msg[len("Value error, ") :]
+        if loc == "(top level)" and FIELD_FIRST.match(text):
+            return text  # a check across fields names the field it is about itself
+        return f"{loc}: {text}"
     return f"{loc}: {value}: {msg}"
 
 
