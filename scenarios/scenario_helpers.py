@@ -5,6 +5,8 @@ named conftest would collide."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from kubelab.lab import Lab
 from kubelab.traffic import inline
 
@@ -19,8 +21,19 @@ def a_pod_on(lab: Lab, node: str, workload: str = "echo") -> str:
 
 
 def get_from(lab: Lab, member: str, url: str, count: int = 1, timeout: float = 2.0) -> list[dict]:
-    """`count` GETs from inside a member, a new connection each."""
-    return inline.http_get(lab.runner(member), url, count, timeout)
+    """`count` GETs from inside a member, a new connection each (to the lab's own
+    addresses only)."""
+    return inline.http_get(lab.runner(member), lab.topology.require_own(url), count, timeout)
+
+
+def probe_from(lab: Lab, member: str, host: str, port: int, count: int) -> list[dict]:
+    """`count` TCP probes from inside a member (to the lab's own addresses only)."""
+    return inline.probe(lab.runner(member), lab.topology.require_own(host), port, count)
+
+
+def udp_from(lab: Lab, member: str, host: str, port: int, message: str, **kw: Any) -> list:
+    """UDP requests from inside a member (to the lab's own addresses only)."""
+    return inline.udp_ask(lab.runner(member), lab.topology.require_own(host), port, message, **kw)
 
 
 def clusterip_url(lab: Lab, key: str, path: str = "/hostname", port: str | None = None) -> str:

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 from kubelab.lab import Lab
 from kubelab.pytest_plugin import CaseRecord
-from kubelab.traffic import inline
-from scenario_helpers import SERVICE
+from scenario_helpers import SERVICE, probe_from
 
 
 def test_a_pod_reaches_itself_through_its_service(lab: Lab, record: CaseRecord) -> None:
     pod = lab.running_pods("echo")[0]
     count = 20 * len(lab.running_pods("echo"))  # P(never hitting itself) = (5/6)^120 < 1e-9
     host, port = lab.clusterip_target(SERVICE)
-    results = inline.probe(lab.runner(pod.name), host, port, count)
+    results = probe_from(lab, pod.name, host, port, count)
     failed = [r["error"] for r in results if not r["ok"]]
     selves = [r for r in results if r["ok"] and r["pod"] == pod.name]
     gateway = str(lab.topology.node(pod.node).pod_gateway)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from kubelab.lab import Lab
 from kubelab.pytest_plugin import CaseRecord, Resources
-from kubelab.traffic import inline
-from scenario_helpers import a_pod_on, answers, clusterip_url, failures, get_from
+from scenario_helpers import a_pod_on, answers, clusterip_url, failures, get_from, udp_from
 
 
 def test_every_port_and_protocol_answers(
@@ -30,12 +29,12 @@ def test_every_port_and_protocol_answers(
             f"TCP port {port}: {failures(results)[:1] or 'answers from non-endpoints'}",
         )
     vip, dns = lab.clusterip_target(key, "dns")
-    replies = inline.udp_ask(lab.runner(caller), vip, dns, "hostname", count=5, sport=0)
+    replies = udp_from(lab, caller, vip, dns, "hostname", count=5, sport=0)
     record.metric("udp_answered", sum(r is not None for r in replies), "count", "of 5")
     record.expect(
         all(r in endpoints for r in replies),
         f"UDP {vip}:{dns}: answers {replies}, expected pod names",
     )
-    echo = inline.udp_ask(lab.runner(caller), vip, dns, "echo kubelab", sport=0)
+    echo = udp_from(lab, caller, vip, dns, "echo kubelab", sport=0)
     record.expect(echo == ["kubelab"], f"UDP echo answered {echo}")
     record.verdict()

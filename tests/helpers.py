@@ -13,7 +13,7 @@ from kubelab.traffic import inline
 
 def http_get(lab: Lab, member: str, url: str, count: int = 1, timeout: float = 2.0) -> list[dict]:
     """`count` GETs from inside `member`, a new connection each: ok, body or error, seconds."""
-    return inline.http_get(lab.runner(member), url, count, timeout)
+    return inline.http_get(lab.runner(member), lab.topology.require_own(url), count, timeout)
 
 
 def bodies(results: list[dict[str, Any]]) -> list[str]:
@@ -22,7 +22,8 @@ def bodies(results: list[dict[str, Any]]) -> list[str]:
 
 
 def udp_ask(lab: Lab, member: str, *args: Any, **kwargs: Any) -> list[str | None]:
-    """inline.udp_ask from inside `member`."""
+    """inline.udp_ask from inside `member`, to the lab's own addresses only."""
+    lab.topology.require_own(str(args[0]))
     return inline.udp_ask(lab.runner(member), *args, **kwargs)
 
 

@@ -198,6 +198,7 @@ class Traffic:
     def start(self, host: str, port: int, **plan: Any) -> RecordedProbes:
         """Start bounded probes in the background; `.wait()` returns the run."""
         plan.setdefault("seed", self.lab.spec.seed)
+        self.lab.topology.require_own(host)
         client = self.lab.topology.client.name
         running = start_probes(
             self.lab.runner(client),

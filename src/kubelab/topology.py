@@ -8,7 +8,9 @@ import ipaddress
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
+from kubelab.errors import LabError
 from kubelab.inventory import Inventory, Member
 from kubelab.naming import lab_netns
 
@@ -92,3 +94,28 @@ class Topology:
 
     def pods_on(self, node: str) -> tuple[PodInfo, ...]:
         return tuple(p for p in self.pods if p.node == node)
+
+    def owns(self, address: str) -> bool:
+        """Whether `address` is one this lab assigns (its node network, pods, Services and
+        members) or loopback: the only places lab traffic may go."""
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            return False
+        net = self.spec.network
+        ranges = (net.node_cidr, net.pod_cidr, net.service_cidr)
+        members = {m.ip for m in self.inventory.members()}
+        return ip.is_loopback or ip in members or any(ip in r for r in ranges)
+
+    def require_own(self, target: str) -> str:
+        """`target` (an address or a URL) if the lab owns its host; otherwise refuse before
+        any traffic starts."""
+        host = urlsplit(target).hostname if "://" in target else target
+        if host is None or not self.owns(host):
+            net = self.spec.network
+            raise LabError(
+                f"refusing traffic to {host}: lab {self.lab_id} sends only to its own "
+                f"addresses (node network {net.node_cidr}, pods {net.pod_cidr}, Services "
+                f"{net.service_cidr}) and loopback"
+            )
+        return target

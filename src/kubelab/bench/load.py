@@ -63,6 +63,7 @@ def run_load(
         host, port = lab.nodeport_target(
             spec.services[0].namespace + "/" + spec.services[0].name, lab.topology.nodes[0].name
         )
+        lab.topology.require_own(host)  # Locust and wrk go only to the lab's own addresses
         for connection in ("keepalive", "new"):
             new = connection == "new"
             case = f"{mode}/{connection}"
