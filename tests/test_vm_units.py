@@ -100,3 +100,11 @@ def test_a_vm_lab_without_vagrant_stops_in_one_line_and_builds_nothing(tmp_path:
     assert len(lines) == 1 and "missing tools; install the Debian packages" in lines[0], lines
     assert "vagrant" in lines[0] and "libvirt-daemon-system" in lines[0]
     assert vm_leftovers("vmipvs") == []
+
+
+def test_a_client_named_like_the_vm_namespace_is_refused() -> None:
+    data = local_spec_data(name="klvmbad", client={"name": "vms"})
+    data["substrate"] = {"kind": "vagrant"}
+    refused = r"^client\.name: 'vms' names the VM lab's own namespace"
+    with pytest.raises(EnvironmentMissing, match=refused):
+        Lab(parse_spec(data, "test")).check()

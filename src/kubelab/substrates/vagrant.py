@@ -132,6 +132,8 @@ class VagrantSubstrate(Substrate):
                     f"substrate.management_cidr: {self.options.management_cidr} overlaps "
                     f"network.{field}; give the management network another range"
                 ]
+        if self.client_netns == self.netns:
+            return ["client.name: 'vms' names the VM lab's own namespace; rename the client"]
         if os.geteuid() != 0:
             return ["the VM lab needs root (libvirtd in a lab namespace); run as root"]
         missing = sorted({pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None})
