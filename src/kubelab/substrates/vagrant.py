@@ -163,7 +163,9 @@ class VagrantSubstrate(Substrate):
         self.libvirt.start()
         self._write_lab_json(box, driver)
         progress(f"vagrant up --no-provision: {', '.join(m.name for m in self.machines)}")
-        self.vagrant.run(["up", "--no-provision", "--provider", "libvirt"], UP_TIMEOUT, progress)
+        self.vagrant.run(
+            ["up", "--no-provision", "--provider", self.options.provider], UP_TIMEOUT, progress
+        )
         self._write_access(self.playbook_vars(progress))
         if not self.client_is_vm:
             self._plug_client_namespace()
