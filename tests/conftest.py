@@ -63,24 +63,27 @@ def _run(argv: list[str]) -> str:
 
 
 def host_network_snapshot() -> dict[str, str]:
-    """The host namespace's links, addresses, routes and rules, without counters/timestamps."""
+    """The host namespace's links, addresses, routes, rules and rulesets (IPv4 and IPv6),
+    without what changes by itself: counters, address lifetimes, route expiry."""
 
-    def save(table: str) -> str:
-        out = _run(["iptables-save", "-t", table])
-        out = "\n".join(line for line in out.splitlines() if not line.startswith("#"))
+    def save(tool: str) -> str:
+        out = "\n".join(line for line in _run([tool]).splitlines() if not line.startswith("#"))
         return re.sub(r"\[\d+:\d+\]", "[]", out)
 
-    def links() -> str:
-        return _run(["ip", "-o", "link", "show"])
+    def steady(text: str) -> str:
+        text = re.sub(r"(valid|preferred)_lft \S+", r"\1_lft", text)
+        return re.sub(r" expires \S+", "", text)
 
     return {
-        "links": links(),
-        "addresses": _run(["ip", "-o", "addr", "show"]),
-        "routes": _run(["ip", "route", "show", "table", "all"]),
+        "links": _run(["ip", "-o", "link", "show"]),
+        "addresses": steady(_run(["ip", "-o", "addr", "show"])),
+        "routes": steady(_run(["ip", "route", "show", "table", "all"])),
+        "routes6": steady(_run(["ip", "-6", "route", "show", "table", "all"])),
         "rules": _run(["ip", "rule", "show"]),
-        "nat": save("nat"),
-        "filter": save("filter"),
-        "nft": _run(["nft", "list", "ruleset"]),
+        "rules6": _run(["ip", "-6", "rule", "show"]),
+        "iptables": save("iptables-save"),
+        "ip6tables": save("ip6tables-save"),
+        "nft": re.sub(r"packets \d+ bytes \d+", "", _run(["nft", "list", "ruleset"])),
         "netns": _run(["ip", "netns", "list"]),
     }
 

@@ -1,12 +1,18 @@
-"""Real requests from inside lab members, for tests that need more than Locust probes."""
+"""Real requests from inside lab members, for tests that need more than Locust probes;
+`kubelab` and `kubelab run` as a person runs them; interruption points and lab traces."""
 
 from __future__ import annotations
 
+import os
+import random
+import signal
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from conftest import ROOT
+from conftest import ROOT, leftovers, vm_leftovers
 from kubelab.lab import Lab
 from kubelab.traffic import inline
 
@@ -37,3 +43,71 @@ def kubelab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
         cwd=ROOT,
         check=False,
     )
+
+
+QUICK = "source_ip and policy"  # three source-IP cases (~12 s): enough to interrupt and rerun
+
+
+def run_args(spec_file: Path, reports: Path, *extra: str) -> list[str]:
+    """`kubelab run` of a spec with the repository's scenarios into `reports`."""
+    return [
+        "run",
+        str(spec_file),
+        "--scenarios",
+        str(ROOT / "scenarios"),
+        "--reports",
+        str(reports),
+        *extra,
+    ]
+
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class Point:
+    """Where a run is interrupted: `delay` seconds after it starts, with `sig`."""
+
+    index: int
+    sig: signal.Signals
+    delay: float
+    after_kill: str  # SIGKILL only: what cleans up: the next "up" (then down) or "down"
+
+    @property
+    def id(self) -> str:
+        then = f"-then-{self.after_kill}" if self.sig == signal.SIGKILL else ""
+        return f"{self.index:02d}-{self.sig.name}-{self.delay:.2f}s{then}"
+
+
+def interruption_points(
+    seed: int, count: int, signals: tuple[signal.Signals, ...], window: tuple[float, float]
+) -> list[Point]:
+    """`count` points: each signal about as often, delays uniform over `window` seconds."""
+    rng = random.Random(seed)
+    sigs = [signals[i % len(signals)] for i in range(count)]
+    rng.shuffle(sigs)
+    points, kills = [], 0
+    for i, sig in enumerate(sigs):
+        after = ""
+        if sig == signal.SIGKILL:
+            after, kills = ("up" if kills % 2 == 0 else "down"), kills + 1
+        points.append(Point(i, sig, round(rng.uniform(*window), 2), after))
+    return points
+
+
+def lab_traces(lab_id: str, vm: bool = False) -> list[str]:
+    """leftovers() (vm_leftovers() for a VM lab) plus mounts and unix sockets naming it."""
+    found = vm_leftovers(lab_id) if vm else leftovers(lab_id)
+    marks = (f"kl-{lab_id}-", f"/run/kubelab/{lab_id}", f"/var/lib/kubelab/labs/{lab_id}")
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        if any(m in line for m in marks):
+            found.append(f"mount {line.split()[4]}")
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        if any(m in line for m in marks):
+            found.append(f"socket {line.split()[-1]}")
+    return found
+
+
+def scratch_entries() -> set[str]:
+    """What is in the machine's temporary folders (a lab must add nothing there)."""
+    return {f"{d}/{n}" for d in ("/tmp", "/dev/shm", "/var/tmp") for n in os.listdir(d)}

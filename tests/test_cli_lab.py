@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, leftovers, local_spec_data
-from helpers import kubelab
+from helpers import kubelab, run_args
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -76,22 +74,6 @@ SCENARIOS = {
 }
 ONLY_ELSEWHERE = {"dns", "network_policy"}  # need a real cluster: skipped with a reason
 IPVS_ONLY = {"ipvs_schedulers"}  # skipped with a reason in the other modes
-
-
-QUICK = "source_ip and policy"  # the two source-IP cases: enough to interrupt and rerun
-
-
-def run_args(spec_file: Path, reports: Path, *extra: str) -> list[str]:
-    """`kubelab run` of a spec with the repository's scenarios into `reports`."""
-    return [
-        "run",
-        str(spec_file),
-        "--scenarios",
-        str(ROOT / "scenarios"),
-        "--reports",
-        str(reports),
-        *extra,
-    ]
 
 
 def run_lab_file(
@@ -158,30 +140,3 @@ def test_ipvs_lab_without_ip_vs_stops_before_building(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "proxy_mode ipvs needs the kernel's ip_vs" in lines[0]
     assert leftovers("localipvs") == []
-
-
-@pytest.mark.parametrize("delay", [0.4, 1.2, 2.5, 4.0])
-def test_ctrl_c_at_any_point_leaves_nothing(spec_file: Path, tmp_path: Path, delay: float) -> None:
-    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kubelab.cli",
-            *run_args(spec_file, tmp_path / "reports", "-k", QUICK),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    time.sleep(delay)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode in (0, 1, 130), out.decode()[-2000:]
-    assert leftovers("kltest") == [], out.decode()[-2000:]
-    # and the next run works
-    again = kubelab(*run_args(spec_file, tmp_path / "reports2", "-k", QUICK))
-    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    assert leftovers("kltest") == []

@@ -183,18 +183,27 @@ def test_the_default_suite_passes_over_ssh_on_bare_hosts(bare_hosts: BareHosts, 
     assert bare_hosts.snapshot() == before
 
 
-def test_missing_host_requirements_are_named_one_per_line(bare_hosts: BareHosts) -> None:
+def test_up_stops_on_the_first_missing_thing_and_doctor_names_each(
+    bare_hosts: BareHosts,
+) -> None:
     inventory = _write_inventory(
         bare_hosts.folder, {"node2": "/nonexistent/python3", "outside": "/usr/bin/python3"}
     )
     broken = inventory.rename(bare_hosts.folder / "broken.ini")
     _write_inventory(bare_hosts.folder)  # the good one stays for the other tests
     before = bare_hosts.snapshot()
-    up = kubelab("up", str(_spec_file(bare_hosts, "iptables", broken)))
+    spec = str(_spec_file(bare_hosts, "iptables", broken))
+    up = kubelab("up", spec)
     assert up.returncode == 2, up.stdout + up.stderr
     lines = [line for line in up.stderr.splitlines() if line.strip()]
-    assert any("node2: missing /nonexistent/python3" in line for line in lines), lines
-    assert any("outside: /usr/bin/python3 cannot import locust" in line for line in lines), lines
+    assert len(lines) == 1 and "node2: missing /nonexistent/python3" in lines[0], lines
+    assert "`kubelab doctor` on this lab lists all 2" in lines[0]
+    doctor = kubelab("doctor", spec, "--json")
+    assert doctor.returncode == 1, doctor.stdout + doctor.stderr
+    found = json.loads(doctor.stdout)
+    missing = [f["detail"] for f in found["findings"] if not f["ok"]]
+    assert not found["can_run"] and any("node2: missing /nonexistent/python3" in m for m in missing)
+    assert any("outside: /usr/bin/python3 cannot import locust" in m for m in missing), missing
     assert _kubelab_traces(bare_hosts) == []
     assert bare_hosts.snapshot() == before
 

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, host_network_snapshot, vm_leftovers
-from helpers import kubelab
+from helpers import Point, interruption_points, kubelab, lab_traces, scratch_entries
 from kubelab.lab import Lab
 from kubelab.run import run_lab
 from kubelab.spec import load_spec
@@ -31,12 +31,42 @@ pytestmark = [pytest.mark.root, pytest.mark.vm]
 
 IPVS_SPEC = ROOT / "labs" / "vm-ipvs.yaml"
 NFT_SPEC = ROOT / "labs" / "vm-nftables.yaml"
+# Ctrl-C and SIGTERM somewhere in a VM run's first 4 minutes: VM boot (QEMU, libvirt's
+# networks and volumes), site.yml, the first scenarios. SIGKILL: the next test.
+VM_POINTS = interruption_points(20261201, 2, (signal.SIGINT, signal.SIGTERM), (20.0, 240.0))
 
 
 def _qemu_running() -> bool:
     return (
         subprocess.run(["pgrep", "-f", "qemu-system-x86_64"], capture_output=True).returncode == 0
     )
+
+
+@pytest.mark.parametrize("point", VM_POINTS, ids=lambda p: p.id)
+def test_a_vm_run_stopped_here_leaves_nothing(
+    point: Point, tmp_path: Path, record_property: pytest.RecordProperty
+) -> None:
+    before, scratch = host_network_snapshot(), scratch_entries()
+    log = tmp_path / "run.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubelab.cli", "run", str(IPVS_SPEC), "--reports",
+         str(tmp_path / "reports"), "-k", "source_ip and policy"],
+        cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    time.sleep(point.delay)
+    assert proc.poll() is None, f"the run ended before {point.delay}s: {log.read_text()[-1500:]}"
+    steps = [line for line in log.read_text().splitlines() if line.startswith("> ")]
+    record_property("interrupted during", steps[-1] if steps else "start")
+    if point.sig == signal.SIGINT:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, point.sig)
+    code = proc.wait(timeout=900)
+    output = log.read_text()[-3000:]
+    assert code in ((1, 130) if point.sig == signal.SIGINT else (143,)), output
+    assert lab_traces("vmipvs", vm=True) == [], output
+    assert host_network_snapshot() == before
+    assert scratch_entries() - scratch == set()
 
 
 def test_a_killed_up_is_cleaned_by_the_next_up_and_site_yml_is_idempotent() -> None:

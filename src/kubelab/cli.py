@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from kubelab import signals
 from kubelab.errors import KubelabError, SpecError
 from kubelab.lab import Lab
 from kubelab.spec import LabSpec, load_spec
@@ -100,15 +101,24 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kubelab.run import run_lab  # imports pytest; keep the other commands light
+    from kubelab.run import resume_run, run_lab  # imports pytest; keep the others light
 
-    outcome = run_lab(
-        _spec_path(args.lab),
-        args.scenarios and Path(args.scenarios),
-        Path(args.reports),
-        [*(["-k", args.k] if args.k else []), *args.pytest_args],
-        progress=_step,
-    )
+    pytest_args = [*(["-k", args.k] if args.k else []), *args.pytest_args]
+    if args.resume:
+        if args.lab or args.scenarios or args.k:
+            raise SpecError("run --resume RUN_DIR takes the lab, scenarios and cases of that "
+                            "run; drop LAB, --scenarios and -k")  # fmt: skip
+        outcome = resume_run(_run_dir(args.resume), pytest_args, progress=_step)
+    elif not args.lab:
+        raise SpecError("run: name a lab (kubelab run labs/local.yaml) or --resume RUN_DIR")
+    else:
+        outcome = run_lab(
+            _spec_path(args.lab),
+            args.scenarios and Path(args.scenarios),
+            Path(args.reports),
+            pytest_args,
+            progress=_step,
+        )
     console.print(f"report: {outcome.report}")
     print(outcome.report)
     return outcome.exit_code
@@ -121,6 +131,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     _, spec = _load(args.lab)
     findings, can_run = examine(Lab(spec))
+    if args.json:
+        rows = [f.__dict__ for f in findings]
+        print(json.dumps({"lab": spec.lab_id, "can_run": can_run, "findings": rows}, indent=1))
+        return 0 if can_run else 1
     table = Table("check", "", "what was found", "fix", title=f"kubelab doctor: {spec.lab_id}")
     for f in findings:
         status = "[green]ok[/]" if f.ok else "[red]missing[/]"
@@ -242,7 +256,7 @@ def cmd_vagrant_json(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from kubelab.report import compare
-    from kubelab.report.html import render
+    from kubelab.report.html import incompleteness, render
 
     words = args.args
     if words[:1] == ["compare"]:
@@ -256,7 +270,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         compare.append_history(_run_dir(words[1]), Path(args.into))
         print(compare.render_history(Path(args.into)))
     elif len(words) == 1:
-        print(render(_run_dir(words[0])))
+        run_dir = _run_dir(words[0])
+        print(render(run_dir))
+        if line := incompleteness(run_dir):
+            console.print(f"[yellow]kubelab:[/] {line}", soft_wrap=True)
     else:
         raise SpecError(
             "usage: kubelab report RUN_DIR | compare RUN_DIR... | history RUN_DIR "
@@ -290,8 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
         "scratch namespace), then the lab's own checks; exit 0 when the lab can run.",
     )
     p.add_argument("lab", nargs="?", default="local", help="lab spec (default: labs/local.yaml)")
+    p.add_argument("--json", action="store_true", help="the findings as data")
     p.set_defaults(func=cmd_doctor)
-    p = lab_cmd("run", "up -> scenarios -> report -> down")
+    p = sub.add_parser(
+        "run",
+        help="up -> scenarios -> report -> down",
+        description="up -> scenarios -> report -> down; or, with --resume RUN_DIR, the "
+        "cases a stopped run did not finish, into the same run folder",
+    )
+    p.add_argument("lab", nargs="?", help="lab spec file, or a name meaning labs/<name>.yaml")
+    p.add_argument("--resume", metavar="RUN_DIR", help="run only the unfinished cases of a run")
     p.add_argument("-k", metavar="EXPR", help="only scenarios matching this pytest expression")
     p.add_argument("--scenarios", help="scenario directory (default: scenarios/ beside labs/)")
     p.add_argument("--reports", default="reports", help="where run folders go")
@@ -376,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if extra:
         args.pytest_args = [*args.pytest_args, *extra]
+    signals.install()  # SIGTERM tears the lab down as Ctrl-C does
     try:
         return int(args.func(args))
     except KubelabError as exc:
@@ -383,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         console.print("[red]kubelab:[/] interrupted; the lab was torn down")
-        return 130
+        return signals.interrupted_exit_code()
 
 
 if __name__ == "__main__":

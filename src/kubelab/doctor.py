@@ -186,13 +186,13 @@ def vm_box() -> list[Finding]:
 
 
 def lab_findings(lab: Lab) -> list[Finding]:
-    """The lab's own checks, the ones `up` and `run` stop on."""
+    """The lab's own checks: every line, where `up` and `run` stop on the first."""
     try:
-        lab.check()
+        lines = lab.problems()
     except EnvironmentMissing as exc:
-        return [
-            Finding(f"lab {lab.spec.lab_id}", False, line, "") for line in str(exc).splitlines()
-        ]
+        lines = str(exc).splitlines()
+    if lines:
+        return [Finding(f"lab {lab.spec.lab_id}", False, line, "") for line in lines]
     return [Finding(f"lab {lab.spec.lab_id}", True, "can run: every check passed")]
 
 

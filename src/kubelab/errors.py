@@ -1,5 +1,7 @@
 """Exceptions. Each carries one line meant for a person: what is wrong and how to fix it."""
 
+from __future__ import annotations
+
 
 class KubelabError(Exception):
     """Base of every error kubelab raises on purpose."""
@@ -23,3 +25,9 @@ class EnvironmentMissing(KubelabError):
     """The machine lacks what the lab needs (root, a tool, a kernel feature)."""
 
     exit_code = 2
+
+    @classmethod
+    def first_of(cls, lines: list[str]) -> EnvironmentMissing:
+        """The first missing thing's line; `kubelab doctor` lists them all."""
+        more = f"; `kubelab doctor` on this lab lists all {len(lines)}" if len(lines) > 1 else ""
+        return cls(lines[0] + more)

@@ -8,21 +8,21 @@ earlier run is cleaned first; a failed `up` tears down what it built.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kubelab import status
 from kubelab.dataplanes.base import Dataplane, ProgrammingEvent
 from kubelab.dataplanes.registry import DATAPLANES
 from kubelab.errors import EnvironmentMissing, LabError
 from kubelab.hosts import CommandResult, Runner
 from kubelab.model import Service, ServiceState
 from kubelab.naming import STATE_ROOT
+from kubelab.signals import shielded
 from kubelab.spec import LabSpec
 from kubelab.spec_common import ServiceSpec, WorkloadSpec
-from kubelab.status import describe
 from kubelab.substrates.base import Progress, Substrate
 from kubelab.substrates.registry import SUBSTRATES
 from kubelab.topology import PodInfo, Topology
@@ -40,15 +40,18 @@ class Lab:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def check(self) -> None:
-        """Stop with one line per missing thing, before building anything."""
-        existed = self.exists()
-        lines = self.substrate.check()
+    def problems(self) -> list[str]:
+        """Every missing thing, one line each (what `kubelab doctor` lists)."""
+        existed, lines = self.exists(), self.substrate.check()
         lines = lines or (self.dataplane.check() if self.substrate.members_before_up else [])
         if lines and not existed:
             self.substrate.down()  # what reaching the members left (SSH connections)
-        if lines:
-            raise EnvironmentMissing("\n".join(lines))
+        return lines
+
+    def check(self) -> None:
+        """Stop on the first missing thing, with the doctor's line for it."""
+        if lines := self.problems():
+            raise EnvironmentMissing.first_of(lines)
 
     def up(self, progress: Progress = lambda _: None) -> None:
         self.check()
@@ -58,7 +61,7 @@ class Lab:
             progress("nodes and node network")
             self.substrate.up(progress)
             if lines := [] if self.substrate.members_before_up else self.dataplane.check():
-                raise EnvironmentMissing("\n".join(lines))  # VMs, checked once they exist
+                raise EnvironmentMissing.first_of(lines)  # VMs, checked once they exist
             self.dataplane.up(progress)
             self._save_state()
         except BaseException:
@@ -66,9 +69,10 @@ class Lab:
             raise
 
     def down(self) -> None:
-        if self.substrate.exists() or not self.substrate.disposable:
-            self.dataplane.down()
-        self.substrate.down()
+        with shielded():  # a second Ctrl-C or SIGTERM must not leave half a lab
+            if self.substrate.exists() or not self.substrate.disposable:
+                self.dataplane.down()
+            self.substrate.down()
 
     def exists(self) -> bool:
         return self.substrate.exists()
@@ -177,23 +181,17 @@ class Lab:
     # --- status (saved, so `kubelab status` in another process sees run-time changes) --------
 
     def status(self) -> dict[str, Any]:
-        return describe(self.spec, self.substrate, self.dataplane, self.exists())
+        return status.describe(self.spec, self.substrate, self.dataplane, self.exists())
 
     @property
-    def state_file(self) -> Path:
+    def state_file(self) -> Path:  # the status saved for other processes
         return self.state_dir / "status.json"
 
     def _save_state(self) -> None:
         if self.state_dir.exists() and self.save_status:
-            tmp = self.state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.status(), indent=1))
-            os.replace(tmp, self.state_file)
+            status.save(self.state_file, self.status())
 
     def saved_status(self) -> dict[str, Any]:
         """What the process running the lab last saved, or the spec's view if none."""
-        try:
-            saved: dict[str, Any] = json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
-            return self.status()
-        saved["up"] = self.exists()
-        return saved
+        saved = status.load_saved(self.state_file) or self.status()
+        return {**saved, "up": self.exists()}

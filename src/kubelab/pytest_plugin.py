@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import testinfra
 
+from kubelab.case_plan import CasePlan, PlannedCase, write_plan
 from kubelab.errors import EnvironmentMissing
 from kubelab.lab import Lab
 from kubelab.results import ResultRow, ResultsWriter, Verdict
@@ -42,13 +43,26 @@ class LabSession:
 
 
 class SessionPlugin:
-    """Hands an already-running LabSession to the plugin (used by `kubelab run`)."""
+    """Hands an already-running LabSession to the plugin (used by `kubelab run`), and
+    writes the run's case plan once the cases are collected (a resumed run keeps its own)."""
 
-    def __init__(self, session: LabSession) -> None:
+    def __init__(self, session: LabSession, write_plan: bool = True) -> None:
         self.session = session
+        self.write_plan = write_plan
 
     def pytest_configure(self, config: pytest.Config) -> None:
         config.stash[SESSION_KEY] = self.session
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if not self.write_plan:
+            return
+        root = session.config.rootpath
+        cases = [
+            PlannedCase(*case_ids(item), f"{root}/{item.nodeid}")
+            for item in session.items
+            if "record" in getattr(item, "fixturenames", ())
+        ]
+        write_plan(self.session.writer.run_dir, CasePlan(str(root), cases))
 
 
 def pytest_configure(config: pytest.Config) -> None:

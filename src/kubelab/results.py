@@ -102,6 +102,26 @@ class ResultsWriter:
         self._rows: list[dict[str, Any]] = []
         self._samples: list[pd.DataFrame] = []
 
+    @classmethod
+    def reopen(
+        cls, run_dir: Path, context: RunContext, finished: set[tuple[str, str]]
+    ) -> ResultsWriter:
+        """A stopped run's writer, to resume it: its rows kept, the samples of cases that
+        did not finish dropped (they run again), a write cut short by a kill discarded."""
+        writer = cls(run_dir, context)
+        for tmp in run_dir.glob("*.tmp"):
+            tmp.unlink()
+        if writer.results_path.exists():
+            writer._rows = pd.read_parquet(writer.results_path).to_dict("records")
+        if writer.samples_path.exists():
+            samples = pd.read_parquet(writer.samples_path)
+            done = [
+                (s, c) in finished
+                for s, c in zip(samples["scenario"], samples["case"], strict=True)
+            ]
+            writer._samples = [samples[done]]
+        return writer
+
     @property
     def results_path(self) -> Path:
         return self.run_dir / "results.parquet"
@@ -128,6 +148,12 @@ class ResultsWriter:
         )
         self._samples.append(tagged)
         _write_atomic(pd.concat(self._samples, ignore_index=True), self.samples_path)
+
+
+def load_results(run_dir: Path) -> pd.DataFrame:
+    """A run's rows (none yet: an empty frame with the columns)."""
+    path = run_dir / "results.parquet"
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=RESULT_COLUMNS)
 
 
 def _version(argv: list[str]) -> str | None:
@@ -184,6 +210,7 @@ def write_provenance(
         "spec_path": spec_path,
         "spec_digest": spec.digest(),
         "spec": json.loads(spec.model_dump_json()),
+        "spec_fields": json.loads(spec.model_dump_json(exclude_unset=True)),  # for --resume
         "seeds": {"lab": spec.seed},
         "kernel": platform.release(),
         "python": sys.version.split()[0],

@@ -3,6 +3,9 @@ are, and the cluster's pods and Services."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 from kubelab.dataplanes.base import Dataplane
@@ -37,3 +40,18 @@ def describe(spec: LabSpec, substrate: Substrate, dataplane: Dataplane, up: bool
         },
         **dataplane.status(),
     }
+
+
+def save(path: Path, status: dict[str, Any]) -> None:
+    """Atomically, so `kubelab status` in another process never reads half a file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status, indent=1))
+    os.replace(tmp, path)
+
+
+def load_saved(path: Path) -> dict[str, Any] | None:
+    try:
+        saved: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved

@@ -11,8 +11,9 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
+from kubelab.case_plan import read_plan, unfinished
 from kubelab.report import plots
-from kubelab.results import RESULT_COLUMNS, Verdict
+from kubelab.results import Verdict, load_results
 
 RAW_FILES = (
     "results.parquet",
@@ -20,6 +21,7 @@ RAW_FILES = (
     "samples.parquet",
     "provenance.json",
     "junit.xml",
+    "cases.json",
     "report.md",
 )
 
@@ -36,8 +38,7 @@ def summary_line(verdicts: pd.DataFrame) -> str:
 
 
 def load_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    path = run_dir / "results.parquet"
-    results = pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=RESULT_COLUMNS)
+    results = load_results(run_dir)
     path = run_dir / "samples.parquet"
     samples = pd.read_parquet(path) if path.exists() else pd.DataFrame()
     provenance = json.loads((run_dir / "provenance.json").read_text())
@@ -168,13 +169,24 @@ def _bench_tables(results: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def render_markdown(results: pd.DataFrame, prov: dict[str, Any]) -> str:
+def incompleteness(run_dir: Path, results: pd.DataFrame | None = None) -> str:
+    """'INCOMPLETE: k of n cases did not finish: ...', or '' for a finished run."""
+    plan = read_plan(run_dir)
+    missing = unfinished(plan, load_results(run_dir) if results is None else results)
+    if plan is None or not missing:
+        return ""
+    names = ", ".join(f"{c.scenario}/{c.case}" for c in missing)
+    return f"INCOMPLETE: {len(missing)} of {len(plan.cases)} cases did not finish: {names}"
+
+
+def render_markdown(results: pd.DataFrame, prov: dict[str, Any], incomplete: str = "") -> str:
     verdicts = results[results["metric"] == "verdict"]
     lines = [
         f"# kubelab run {prov['run_id']}",
         "",
         f"**{summary_line(verdicts)}**",
         "",
+        *([f"**{incomplete}**", ""] if incomplete else []),
         f"lab `{prov['spec']['name']}`, kernel {prov['kernel']}, "
         f"git {prov.get('git_revision') or 'unknown'}",
         "",
@@ -189,8 +201,11 @@ def render_markdown(results: pd.DataFrame, prov: dict[str, Any]) -> str:
 
 def render(run_dir: Path) -> Path:
     results, samples, prov = load_run(run_dir)
+    plan = read_plan(run_dir)
+    missing = [f"{c.scenario}/{c.case}" for c in unfinished(plan, results)]
+    incomplete = incompleteness(run_dir, results)
     results.to_csv(run_dir / "results.csv", index=False)
-    (run_dir / "report.md").write_text(render_markdown(results, prov))
+    (run_dir / "report.md").write_text(render_markdown(results, prov, incomplete))
     verdicts = results[results["metric"] == "verdict"]
     env = Environment(
         loader=PackageLoader("kubelab.report", "templates"),
@@ -205,6 +220,9 @@ def render(run_dir: Path) -> Path:
         bench=_bench_section(results),
         bench_tables=_bench_tables(results),
         files=[f for f in RAW_FILES if (run_dir / f).exists()],
+        incomplete=missing,
+        planned=len(plan.cases) if plan else 0,
+        run_dir=run_dir,
     )
     out = run_dir / "report.html"
     out.write_text(page)
