@@ -4,11 +4,16 @@ line naming the task, the host and Ansible's message."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from kubelab import signals
 from kubelab.errors import LabError
 from kubelab.vm.ansible_play import run_playbook
 
@@ -67,3 +72,33 @@ def test_a_failed_task_stops_the_run_with_one_line(tmp_path: Path) -> None:
     message = str(caught.value)
     assert "task 'Say boom' failed on here: boom went the task" in message
     assert "\n" not in message
+
+
+SLOW = """
+- name: A slow play
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Wait
+      ansible.builtin.command: sleep 30
+      changed_when: false
+"""
+
+
+def test_sigterm_during_a_play_cancels_it_and_stops_kubelab(tmp_path: Path) -> None:
+    """ansible-runner installs its own SIGINT/SIGTERM handlers unless handed a cancel
+    callback; kubelab's must stay, and a stop must end the play and reach kubelab."""
+    play = tmp_path / "slow.yml"
+    play.write_text(SLOW)
+    console = Console(file=open(tmp_path / "console.txt", "w"))  # noqa: SIM115
+    signals.install()
+    try:
+        threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        started = time.monotonic()
+        with pytest.raises(signals.Terminated):
+            run_playbook(play, _inventory(tmp_path), tmp_path / "a", {}, console)
+        assert time.monotonic() - started < 25, "the play ran on after the stop"
+        assert signal.getsignal(signal.SIGTERM) is signals._stop  # kubelab's, not runner's
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -65,7 +65,7 @@ def test_keys_are_private_to_the_lab_and_never_reach_a_run_folder(tmp_path: Path
         secrets = [line for key in keys for line in key.read_text().splitlines()[1:-1]]
         run = open_run("secrets", lab.spec, "test", run_dir=tmp_path / "run")
         run.attach(lab)
-        run_scenarios(lab, run.writer, ROOT / "scenarios" / "test_hairpin.py")
+        run_scenarios(lab, run.writer, [str(ROOT / "scenarios" / "test_hairpin.py")], ROOT)
     finally:
         lab.down()
     assert not any(key.exists() for key in keys)

@@ -107,13 +107,16 @@ def run_broken(
     writer = ResultsWriter(tmp_path / "run", context_for(lab, "broken"))
     try:
         lab.sync("sabotage")
-        run_scenarios(lab, writer, ROOT / "scenarios" / f"test_{module}.py", ["-k", k] if k else [])
+        module_file = str(ROOT / "scenarios" / f"test_{module}.py")
+        run_scenarios(lab, writer, [module_file], ROOT, ["-k", k] if k else [])
     finally:
         dataplane.proxier = honest  # type: ignore[attr-defined]
         lab.settle()
         lab.sync("honest rules again")
     results = pd.read_parquet(writer.results_path)
-    return results[results["metric"] == "verdict"].set_index("case")
+    verdicts = results[results["metric"] == "verdict"].set_index("case")
+    verdicts.attrs["results"] = results  # with the failing cases' diagnoses
+    return verdicts
 
 
 def failed_with(verdicts: pd.DataFrame, case: str, *needles: str) -> None:
@@ -178,6 +181,12 @@ def test_a_nodeport_missing_on_one_node_fails(lab: Lab, tmp_path: Path) -> None:
         "node2: ",
         "probes to 192.168.56.12:30080 failed",
     )
+    # the failing case carries the diagnosis of the Service it used, taken before teardown
+    results = verdicts.attrs["results"]
+    summary = results[results["metric"] == "diagnose default/echo"]
+    assert len(summary) == 1 and summary["verdict"].iloc[0] == "fail"
+    assert "node2 has no rules for the Service" in summary["detail"].iloc[0]
+    assert "restart kube-proxy on node2" in summary["detail"].iloc[0]
 
 
 def test_missing_affinity_fails(lab: Lab, tmp_path: Path) -> None:

@@ -146,6 +146,33 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if can_run else 1
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from kubelab.diagnose.checklist import diagnose
+
+    _, spec = _load(args.lab)
+    lab = Lab(spec)
+    if not lab.exists():
+        raise SpecError(f"lab {spec.lab_id} is not up; run `kubelab up {args.lab}` first")
+    found = diagnose(lab, args.service, args.source, args.port)
+    if args.format == "json":
+        print(json.dumps(found.as_data(), indent=1))
+        return 0 if found.ok else 1
+    table = Table("step", "", "evidence", title=f"kubelab diagnose {spec.lab_id} {found.service}")
+    marks = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "skip": "[yellow]skip[/]"}
+    for step in found.steps:
+        table.add_row(step.title or step.name, marks[step.verdict], "\n".join(step.evidence))
+    Console(highlight=False, width=160).print(table)
+    first = found.first_failure
+    if first is None:
+        console.print("every applicable step passed")
+        return 0
+    console.print(f"[bold]most likely cause:[/] {first.cause}", soft_wrap=True)
+    console.print(f"[bold]fix:[/] {first.fix}", soft_wrap=True)
+    return 1
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from kubelab.rules.audit import AuditInputError, audit
     from kubelab.rules.expected import ObjectsError, diff_tables, expected_table
@@ -322,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", default="reports", help="where run folders go")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after --")
     p.set_defaults(func=cmd_run)
+    p = lab_cmd("diagnose", "why a Service cannot be reached: the checklist, run for real")
+    p.add_argument("service", help="NAME or NAMESPACE/NAME")
+    p.add_argument("--from", dest="source", metavar="MEMBER", help="probe from this member")
+    p.add_argument("--port", metavar="NAME", help="the Service port to check (default: first)")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_diagnose)
     p = sub.add_parser(
         "audit",
         help="read a kube-proxy dump into a forwarding table",

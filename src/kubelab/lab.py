@@ -118,6 +118,12 @@ class Lab:
     def heal_node(self, name: str) -> None:
         self.dataplane.heal_node(name)
 
+    def set_pod_ready(self, name: str, ready: bool) -> None:
+        self.dataplane.set_pod_ready(name, ready)
+
+    def set_proxy_running(self, node: str, running: bool) -> None:
+        self.dataplane.set_proxy_running(node, running)
+
     def sync(self, change: str) -> ProgrammingEvent:
         return self.dataplane.sync(change)
 
@@ -183,15 +189,11 @@ class Lab:
     def status(self) -> dict[str, Any]:
         return status.describe(self.spec, self.substrate, self.dataplane, self.exists())
 
-    @property
-    def state_file(self) -> Path:  # the status saved for other processes
-        return self.state_dir / "status.json"
-
     def _save_state(self) -> None:
         if self.state_dir.exists() and self.save_status:
-            status.save(self.state_file, self.status())
+            status.save(self.state_dir / "status.json", self.status())
 
     def saved_status(self) -> dict[str, Any]:
         """What the process running the lab last saved, or the spec's view if none."""
-        saved = status.load_saved(self.state_file) or self.status()
+        saved = status.load_saved(self.state_dir / "status.json") or self.status()
         return {**saved, "up": self.exists()}

@@ -23,6 +23,8 @@ import pytest
 import testinfra
 
 from kubelab.case_plan import CasePlan, PlannedCase, write_plan
+from kubelab.diagnose.checklist import diagnose
+from kubelab.diagnose.rows import diagnosis_as_rows
 from kubelab.errors import EnvironmentMissing
 from kubelab.lab import Lab
 from kubelab.results import ResultRow, ResultsWriter, Verdict
@@ -246,6 +248,11 @@ class Resources:
         self._workloads.append(name)
         return name
 
+    @property
+    def services(self) -> list[str]:
+        """The Services this case made, still present."""
+        return list(self._services)
+
     def service(self, **fields: Any) -> str:
         """A Service from ServiceSpec fields, e.g. name=, workload=, type=, ports=[...]."""
         spec = ServiceSpec.model_validate(fields)
@@ -317,4 +324,32 @@ def pytest_runtest_makereport(
         else:
             verdict = Verdict.ERROR
             detail = call.excinfo.exconly() if call.excinfo else "error"
-        rec.writer.add_rows(rec.rows(verdict, detail[:2000]))
+        diagnoses = []
+        if verdict in (Verdict.FAIL, Verdict.ERROR) and report.when == "call":
+            diagnoses = diagnosis_rows(item, rec)  # before the case's resources are removed
+        rec.writer.add_rows([*diagnoses, *rec.rows(verdict, detail[:2000])])
+
+
+MAX_DIAGNOSED = 2  # Services per failing case
+
+
+def diagnosis_rows(item: pytest.Item, rec: CaseRecord) -> list[ResultRow]:
+    """`kubelab diagnose` of the Services a failing case used (those it made, else the
+    lab's own), taken while the lab is still as the case left it."""
+    session = item.config.stash.get(SESSION_KEY, None)
+    if session is None:
+        return []
+    lab = session.lab
+    made = getattr(item, "funcargs", {}).get("resources")
+    keys = list(made.services) if isinstance(made, Resources) else []
+    keys = keys or [f"{s.namespace}/{s.name}" for s in lab.spec.services]
+    rows = []
+    for key in keys[:MAX_DIAGNOSED]:
+        try:
+            found = diagnose(lab, key, status=lab.status())
+        except Exception as exc:  # a diagnosis must never hide the case's own failure
+            rows.append(ResultRow(rec.scenario, rec.case, f"diagnose {key}", 0.0, "",
+                                  Verdict.ERROR, f"diagnose failed: {exc}"))  # fmt: skip
+            continue
+        rows += diagnosis_as_rows(rec.scenario, rec.case, found)
+    return rows

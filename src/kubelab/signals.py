@@ -39,16 +39,17 @@ def interrupted_exit_code() -> int:
 
 
 @contextmanager
-def shielded() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM while the body runs (tear-down must finish); the held
-    signal is raised afterwards. Outside the main thread signals cannot be held: no-op."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def shielded() -> Iterator[list[int]]:
+    """Hold SIGINT and SIGTERM while the body runs (tear-down must finish; a library that
+    polls for cancellation, like ansible-runner, is handed the list of held signals); the
+    held signal is raised afterwards. Outside the main thread signals cannot be held."""
     held: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
     previous = {sig: signal.signal(sig, lambda s, _f: held.append(s)) for sig in STOP_SIGNALS}
     try:
-        yield
+        yield held
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

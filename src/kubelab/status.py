@@ -39,6 +39,9 @@ def describe(spec: LabSpec, substrate: Substrate, dataplane: Dataplane, up: bool
             "location": substrate.location(topo.client.name),
         },
         **dataplane.status(),
+        # the cluster as `kubectl get svc,endpointslices,pods,nodes -o json` shows it, for
+        # `kubelab diagnose` in another process
+        "objects": dataplane.objects(),
     }
 
 

@@ -107,6 +107,21 @@ class Dataplane(ABC):
     def sync(self, change: str) -> ProgrammingEvent:
         """Re-program every node from the current state."""
 
+    @abstractmethod
+    def set_pod_ready(self, name: str, ready: bool) -> None:
+        """The pod's readiness probe fails (or passes again); its endpoint condition
+        follows as the kubelet notices."""
+
+    @abstractmethod
+    def set_proxy_running(self, node: str, running: bool) -> None:
+        """Stop the node's proxy (its rules go stale as the cluster changes) or start it
+        again (it reconciles the rules)."""
+
+    @abstractmethod
+    def proxy_health(self) -> dict[str, dict[str, Any]]:
+        """Per node: `running`, `last_sync` (epoch seconds or None) and `changes_since`
+        (cluster changes its rules do not carry yet), as kube-proxy's /healthz tells."""
+
     def restart_proxy(self, scheduler: str) -> ProgrammingEvent:
         """As kube-proxy restarted with another `--ipvs-scheduler`; a dataplane whose proxy
         cannot be reconfigured says so."""

@@ -12,6 +12,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from kubelab.case_plan import read_plan, unfinished
+from kubelab.diagnose.rows import PREFIX as DIAGNOSIS_PREFIX
 from kubelab.report import plots
 from kubelab.results import Verdict, load_results
 
@@ -62,11 +63,30 @@ def _matrix_html(matrix: pd.DataFrame) -> Markup:
     return Markup(styled.to_html(escape=False, table_id="verdict-matrix", border=0))
 
 
+def _diagnoses(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """A failing case's `kubelab diagnose` rows: per Service, the verdict, the first
+    failure's cause and fix, and each step with its evidence."""
+    out = []
+    for row in rows.itertuples():
+        words = str(row.metric).removeprefix(DIAGNOSIS_PREFIX).split(" ")
+        if len(words) == 1:
+            out.append({"service": words[0], "verdict": row.verdict, "summary": row.detail,
+                        "steps": []})  # fmt: skip
+        elif out:
+            out[-1]["steps"].append(
+                {"step": words[1], "verdict": row.verdict, "evidence": row.detail}
+            )
+    return out
+
+
 def _case_sections(results: pd.DataFrame, samples: pd.DataFrame) -> list[dict[str, Any]]:
     cases = []
     scenario_rows = results[~results["scenario"].str.startswith("bench_")]
     for (scenario, case), rows in scenario_rows.groupby(["scenario", "case"], sort=False):
-        metrics = rows[rows["metric"] != "verdict"][["metric", "value", "unit", "detail"]]
+        diagnosed = rows["metric"].str.startswith(DIAGNOSIS_PREFIX)
+        metrics = rows[(rows["metric"] != "verdict") & ~diagnosed][
+            ["metric", "value", "unit", "detail"]
+        ]
         mine = (
             samples[(samples["scenario"] == scenario) & (samples["case"] == case)]
             if not samples.empty
@@ -93,6 +113,7 @@ def _case_sections(results: pd.DataFrame, samples: pd.DataFrame) -> list[dict[st
                 ),
                 "figures": [Markup(f) for f in figures],
                 "probes": len(mine),
+                "diagnoses": _diagnoses(rows[diagnosed]),
             }
         )
     return cases

@@ -36,7 +36,7 @@ def _services_and_slices(doc: Any) -> tuple[list[dict[str, Any]], list[dict[str,
     return services, slices
 
 
-def _service(obj: dict[str, Any]) -> tuple[Service, list[str], list[str]]:
+def service_from_object(obj: dict[str, Any]) -> tuple[Service, list[str], list[str]]:
     meta, spec = obj.get("metadata", {}), obj.get("spec", {})
     cluster_ip = spec.get("clusterIP")
     ports = tuple(
@@ -74,7 +74,7 @@ def _service(obj: dict[str, Any]) -> tuple[Service, list[str], list[str]]:
     return svc, list(spec.get("externalIPs") or []), lb
 
 
-def _endpoints(
+def endpoints_from_slices(
     slices: list[dict[str, Any]], svc: Service, port: ServicePort
 ) -> tuple[Endpoint, ...]:
     out = []
@@ -113,12 +113,12 @@ def expected_table(doc: Any, node: str, mode: str) -> ForwardingTable:
     table = ForwardingTable(mode)
     ipvs = mode == "ipvs"
     for obj in services:
-        svc, external_ips, lb_ips = _service(obj)
+        svc, external_ips, lb_ips = service_from_object(obj)
         if svc.headless:
             continue
         for port in svc.ports:
             proto = port.protocol.lower()
-            eps = _endpoints(slices, svc, port)
+            eps = endpoints_from_slices(slices, svc, port)
             cat = categorize(svc, eps, node)
             etp_local = cat.external_local
             name = svc.port_name(port)

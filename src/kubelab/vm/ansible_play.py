@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
+from kubelab import signals
 from kubelab.errors import LabError
 from kubelab.vm.vagrant_cli import project_file
 
@@ -89,7 +90,10 @@ def run_playbook(
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
         "ANSIBLE_ROLES_PATH": str(project_file("playbooks") / "roles"),
     }
-    with progress.status:
+    # ansible-runner would install its own SIGINT/SIGTERM handlers and never put ours
+    # back; handed a cancel callback it installs none: a stop cancels the play, then is
+    # raised here as kubelab's interrupt
+    with progress.status, signals.shielded() as stop:
         result = ansible_runner.run(
             private_data_dir=str(artifacts),
             playbook=str(project_file("playbooks") / name),  # an absolute name stays as is
@@ -99,6 +103,7 @@ def run_playbook(
             event_handler=progress,
             quiet=True,
             suppress_env_files=True,
+            cancel_callback=lambda: bool(stop),
         )
     if progress.failure:
         raise LabError(f"{name}: {progress.failure} (artifacts: {artifacts})")

@@ -29,6 +29,7 @@ class PodRecord:
     info: PodInfo
     phase: Phase = "Running"
     death_noticed: bool = False  # the endpoints controller has seen that it died
+    ready: bool = True  # its readiness probe passes (the kubelet's view, as last noticed)
 
 
 def _present(**fields: Any) -> dict[str, Any]:
@@ -69,7 +70,7 @@ class ClusterState:
                 continue
             if record.phase == "Dead" and record.death_noticed:
                 continue  # the endpoints controller removed it
-            up = not self.failed_nodes.get(pod.node, False)
+            up = not self.failed_nodes.get(pod.node, False) and record.ready
             terminating = record.phase == "Terminating"
             out.append(
                 Endpoint(
@@ -188,8 +189,23 @@ class ClusterState:
                         "name": pod.name,
                         "labels": {"app": pod.workload},
                     },
-                    "spec": {"nodeName": pod.node},
-                    "status": {"phase": record.phase, "podIP": str(pod.ip)},
+                    "spec": {
+                        "nodeName": pod.node,
+                        "containers": [
+                            {
+                                "name": "agnhost",
+                                "ports": [
+                                    {"containerPort": pod.port, "protocol": "TCP"},
+                                    {"containerPort": pod.udp_port, "protocol": "UDP"},
+                                ],
+                            }
+                        ],
+                    },
+                    "status": {
+                        "phase": record.phase,
+                        "podIP": str(pod.ip),
+                        "conditions": [{"type": "Ready", "status": str(self._ready(record))}],
+                    },
                 }
             )
         for node in self.topology.nodes:
@@ -208,6 +224,10 @@ class ClusterState:
             )
         return {"apiVersion": "v1", "kind": "List", "items": items}
 
+    def _ready(self, record: PodRecord) -> bool:
+        up = not self.failed_nodes.get(record.info.node, False)
+        return up and record.ready and record.phase == "Running"
+
     def status(self) -> dict[str, Any]:
         """Pods and Services for `kubelab status`."""
         return {
@@ -221,6 +241,7 @@ class ClusterState:
                     "udp_port": r.info.udp_port,
                     "netns": r.info.netns,
                     "phase": r.phase,
+                    "ready": self._ready(r),
                 }
                 for r in self.pods.values()
             ],

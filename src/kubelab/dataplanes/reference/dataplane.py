@@ -76,6 +76,8 @@ class ReferenceDataplane(Dataplane):
         self._last: list[ServiceState] = []
         self._lock = threading.RLock()
         self._timers: list[threading.Thread] = []
+        self._stopped_proxies: set[str] = set()  # nodes whose proxier does not sync
+        self._synced_at: dict[str, float] = {}  # node -> when its proxier last synced
 
     @property
     def cni(self) -> tuple[str, str]:
@@ -175,8 +177,11 @@ class ReferenceDataplane(Dataplane):
             published = published_at if published_at is not None else time.time()
             services = self.cluster.service_states()
             for node in self.nodes:
+                if node.name in self._stopped_proxies:
+                    continue  # its rules keep what they last had
                 ctx = ProxierContext(node=node.name, cluster_cidr=self.spec.network.pod_cidr)
                 self.proxier.sync(self.substrate.runner(node.name), services, ctx)
+                self._synced_at[node.name] = time.time()
             for args in stale_udp_flows(self._last, services):
                 for node in self.nodes:
                     # exit 1 = "0 flow entries have been deleted": nothing stale, fine
@@ -197,6 +202,40 @@ class ReferenceDataplane(Dataplane):
         with self._lock:
             self.proxier.scheduler = scheduler
             return self.sync(f"kube-proxy restarted with --ipvs-scheduler={scheduler}")
+
+    def set_proxy_running(self, node: str, running: bool) -> None:
+        """The node's proxier stops (kube-proxy crashed there: its rules stay as they are
+        while the cluster changes) or starts again (it reconciles the node's rules at once,
+        trusting nothing it wrote before)."""
+        self.topology.node(node)
+        with self._lock:
+            if running:
+                self._stopped_proxies.discard(node)
+                self.proxier.forget()
+                self.sync(f"proxier on {node} started")
+            else:
+                self._stopped_proxies.add(node)
+                self._save_status()
+
+    def proxy_health(self) -> dict[str, dict[str, Any]]:
+        """Per node, what kube-proxy's /healthz tells: running, and when it last synced;
+        `changes_since` counts cluster changes its rules do not carry yet."""
+        return {
+            node.name: {
+                "running": node.name not in self._stopped_proxies,
+                "last_sync": self._synced_at.get(node.name),
+                "changes_since": sum(
+                    1
+                    for e in self.programming
+                    if e.published_at > self._synced_at.get(node.name, 0.0)
+                ),
+            }
+            for node in self.nodes
+        }
+
+    def _save_status(self) -> None:
+        for listener in self.after_sync:
+            listener()
 
     def full_sync(self) -> float:
         """Forget incremental state and load every node's whole ruleset (benchmarks)."""
@@ -245,7 +284,19 @@ class ReferenceDataplane(Dataplane):
         return self.cluster.objects()
 
     def status(self) -> dict[str, Any]:
-        return self.cluster.status()
+        return {**self.cluster.status(), "proxies": self.proxy_health()}
+
+    def set_pod_ready(self, name: str, ready: bool) -> None:
+        """The pod's readiness probe starts failing (or passing again); its endpoint follows
+        once the kubelet has noticed, after the detection delay."""
+        record = self.cluster.pod(name)
+
+        def notice() -> None:
+            with self._lock:
+                record.ready = ready
+                self.sync(f"pod {name} {'ready' if ready else 'not ready'}", time.time())
+
+        self._later(self.options.endpoint_detection_delay_s, notice)
 
     # --- pods ---------------------------------------------------------------------------------
 
