@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import DATA, TEST_LAB, local_spec_data
+from conftest import DATA, ROOT, TEST_LAB, local_spec_data
 from helpers import kubelab
 from kubelab.diagnose.firewall import foreign_drops
 from kubelab.diagnose.view import allows_ingress, service_view
@@ -345,3 +345,17 @@ def test_a_failing_cases_report_section_shows_its_diagnosis(tmp_path: Path) -> N
     assert "kubelab diagnose default/echo: FAIL" in html
     assert "node2 has no rules for the Service -&gt; fix: restart kube-proxy on node2" in html
     assert "nodeport / every_node_answers: FAIL" in html  # the case's verdict, not a step's
+
+
+@pytest.mark.parametrize("lab_file", ["local-nftables.yaml", "local-vxlan.yaml"])
+def test_a_healthy_service_passes_in_the_other_modes(tmp_path: Path, lab_file: str) -> None:
+    data = yaml.safe_load((ROOT / "labs" / lab_file).read_text())
+    data["name"] = "kldiag"
+    spec_file = tmp_path / "kldiag.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    assert kubelab("up", str(spec_file)).returncode == 0
+    try:
+        result = diagnosed(spec_file, "echo")
+        assert result["ok"], json.dumps(result["steps"], indent=1)[:3000]
+    finally:
+        assert kubelab("down", str(spec_file)).returncode == 0

@@ -133,6 +133,9 @@ def test_a_killed_up_is_cleaned_by_the_next_up_and_site_yml_is_idempotent() -> N
             "echo-node1-0", "echo-node1-1", "echo-node2-0", "echo-node2-1"
         }  # fmt: skip
         assert "192.168.57.254" not in set(run.samples["client_ip"])  # Cluster policy: SNAT
+        # the broken-Service checklist works on VMs too: a healthy Service passes it all
+        diagnosis = kubelab("diagnose", str(NFT_SPEC), "echo", "--format", "json", timeout=300)
+        assert diagnosis.returncode == 0, diagnosis.stdout[-3000:] + diagnosis.stderr
         during = host_network_snapshot()
         assert {k: v for k, v in during.items() if k != "netns"} == {
             k: v for k, v in before.items() if k != "netns"
