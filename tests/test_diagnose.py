@@ -16,6 +16,7 @@ import yaml
 
 from conftest import DATA, ROOT, TEST_LAB, local_spec_data
 from helpers import kubelab
+from kubelab.diagnose.checklist import Step, dns_from_objects
 from kubelab.diagnose.firewall import foreign_drops
 from kubelab.diagnose.view import allows_ingress, service_view
 from kubelab.lab import Lab
@@ -111,6 +112,34 @@ def test_network_policies_selecting_the_pods_and_whether_they_let_anything_in() 
     assert other is not None and other.policies == []
 
 
+def _coredns(ready: bool) -> dict[str, Any]:
+    return {
+        "kind": "Pod",
+        "metadata": {
+            "namespace": "kube-system",
+            "name": "coredns-5d78c9869d-x7v2k",
+            "labels": {"k8s-app": "kube-dns", "pod-template-hash": "5d78c9869d"},
+        },
+        "spec": {"nodeName": "control-plane", "containers": [{"name": "coredns"}]},
+        "status": {
+            "phase": "Running",
+            "podIP": "10.244.0.3",
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def test_cluster_dns_down_is_named_from_the_coredns_pods() -> None:
+    down = dns_from_objects(Step("dns", ""), {"items": [_coredns(False)]})
+    assert down.verdict == "fail" and "cluster DNS is down" in down.cause
+    assert "k8s-app=kube-dns" in down.fix and down.evidence == [
+        "0 of 1 CoreDNS pods (k8s-app=kube-dns) ready"
+    ]
+    up = dns_from_objects(Step("dns", ""), {"items": [_coredns(True), _coredns(False)]})
+    assert up.verdict == "pass" and up.evidence == ["1 of 2 CoreDNS pods (k8s-app=kube-dns) ready"]
+    assert dns_from_objects(Step("dns", ""), {"items": []}).verdict == "fail"
+
+
 # --- on a running lab, through the command line ----------------------------------------------
 
 
@@ -175,6 +204,12 @@ def test_a_healthy_service_passes_every_applicable_step(lab: Lab, spec_file: Pat
                              "proxy", "rules", "clusterip", "nodeport"}  # fmt: skip
     table = kubelab("diagnose", str(spec_file), "echo")
     assert table.returncode == 0 and "every applicable step passed" in table.stderr
+    # probes from one member of choice, on a named port
+    chosen = diagnosed(spec_file, "default/echo", "--from", "node2", "--port", "http")
+    assert chosen["ok"] and chosen["port"] == "http"
+    steps = {s["name"]: s for s in chosen["steps"]}
+    assert [e.split(":")[0] for e in steps["clusterip"]["evidence"]] == ["from node2"]
+    assert all("from node2:" in e for e in steps["nodeport"]["evidence"])
 
 
 def test_bad_input_gets_one_line_and_exit_2(lab: Lab, spec_file: Path) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT
 from helpers import kubelab
+from kubelab.doctor import capabilities, privileges
 
 pytestmark = [pytest.mark.root]
 
@@ -37,3 +39,33 @@ def test_doctor_leaves_no_namespace() -> None:
     kubelab("doctor")
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "doctor" not in listed
+
+
+def _status_of(argv: list[str]) -> str:
+    """/proc/<pid>/status of a real process started with `argv` (then stopped)."""
+    proc = subprocess.Popen([*argv, "sleep", "30"])
+    try:
+        for _ in range(100):
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            if "sleep" in status.splitlines()[0]:
+                return status
+            time.sleep(0.02)
+        raise AssertionError("the process never became sleep")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_privileges_root_or_the_capabilities_the_lab_uses() -> None:
+    assert privileges().ok and privileges().detail == "running as root"
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    plain = privileges(_status_of(nobody))
+    assert not plain.ok and "uid 65534 with no capabilities" in plain.detail
+    assert "CAP_NET_ADMIN" in plain.fix
+    caps = "+net_admin,+net_raw,+sys_admin"
+    granted = _status_of([*nobody, f"--inh-caps={caps}", f"--ambient-caps={caps}"])
+    assert capabilities(granted) == {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_ADMIN"}
+    assert privileges(granted).ok
+    partial = _status_of([*nobody, "--inh-caps=+net_admin", "--ambient-caps=+net_admin"])
+    found = privileges(partial)
+    assert not found.ok and "lacks CAP_NET_RAW, CAP_SYS_ADMIN" in found.detail

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from kubelab.errors import EnvironmentMissing
 from kubelab.lab import Lab
@@ -67,10 +68,38 @@ def _first_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0] if lines else ""
 
 
-def privileges() -> Finding:
-    root = os.geteuid() == 0
+# the capabilities lab commands use: namespaces and mounts (ip netns), rules and links,
+# raw sockets (iptables, ping); bit numbers from linux/capability.h
+CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13, "CAP_SYS_ADMIN": 21}
+
+
+def capabilities(proc_status: str) -> set[str]:
+    """The named capabilities in the CapEff line of a /proc/<pid>/status text."""
+    line = next((x for x in proc_status.splitlines() if x.startswith("CapEff:")), "CapEff: 0")
+    mask = int(line.split()[1], 16)
+    return {name for name, bit in CAPABILITIES.items() if mask >> bit & 1}
+
+
+def privileges(proc_status: str | None = None) -> Finding:
+    """Root, or every capability the lab uses (CAP_NET_ADMIN among them)."""
+    status = proc_status if proc_status is not None else Path("/proc/self/status").read_text()
+    uid = int(next(x for x in status.splitlines() if x.startswith("Uid:")).split()[2])
+    have = capabilities(status)
+    if uid == 0:
+        return Finding("root or CAP_NET_ADMIN", True, "running as root")
+    missing = sorted(set(CAPABILITIES) - have)
+    detail = f"uid {uid} with {', '.join(sorted(have)) or 'no capabilities'}"
+    if not missing:
+        return Finding(
+            "root or CAP_NET_ADMIN",
+            True,
+            detail + "; /run/netns and /run/kubelab must be writable too (tested as root only)",
+        )
     return Finding(
-        "root", root, "running as root" if root else f"uid {os.geteuid()}", "run as root (sudo)"
+        "root or CAP_NET_ADMIN",
+        False,
+        f"{detail}; lacks {', '.join(missing)}",
+        "run as root (sudo), or grant " + ", ".join(missing),
     )
 
 

@@ -18,6 +18,7 @@ from kubelab.diagnose.view import (
     PodView,
     ServiceView,
     allows_ingress,
+    cluster_dns_pods,
     policy_name,
     service_names,
     service_view,
@@ -474,7 +475,22 @@ def step_dns(ctx: Context) -> Step:
     step = Step("dns", "the Service's name resolves")
     if ctx.lab.spec.dataplane.kind == "reference":
         return step.skip("the reference dataplane runs no cluster DNS (CoreDNS: real clusters)")
-    return step.skip("DNS is checked by the kubernetes dataplane, which is not built yet")
+    return dns_from_objects(step, ctx.status.get("objects") or {})
+
+
+def dns_from_objects(step: Step, doc: dict[str, Any]) -> Step:
+    """What the objects tell about cluster DNS: CoreDNS pods running and ready. (Resolving
+    the name from a pod is the kubernetes dataplane's part; it is not built yet.)"""
+    pods = cluster_dns_pods(doc)
+    ready = [p for p in pods if p.phase == "Running" and p.ready]
+    step.evidence.append(f"{len(ready)} of {len(pods)} CoreDNS pods (k8s-app=kube-dns) ready")
+    if not ready:
+        return step.fail(
+            "cluster DNS is down: no ready CoreDNS pod in kube-system, so Service names do "
+            "not resolve",
+            "kubectl -n kube-system get pods -l k8s-app=kube-dns, then read their logs and events",
+        )
+    return step
 
 
 STEPS: tuple[Callable[[Context], Step], ...] = (

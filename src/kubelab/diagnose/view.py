@@ -132,3 +132,12 @@ def service_names(doc: dict[str, Any]) -> list[str]:
         f"{s.get('metadata', {}).get('namespace', 'default')}/{s['metadata']['name']}"
         for s in _items(doc, "Service")
     )
+
+
+def cluster_dns_pods(doc: dict[str, Any]) -> list[PodView]:
+    """The cluster DNS pods (CoreDNS keeps kube-dns's label k8s-app=kube-dns)."""
+    return [
+        pod
+        for pod in (_pod(p) for p in _items(doc, "Pod"))
+        if pod.namespace == "kube-system" and pod.labels.get("k8s-app") == "kube-dns"
+    ]
