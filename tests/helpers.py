@@ -108,6 +108,22 @@ def lab_traces(lab_id: str, vm: bool = False) -> list[str]:
     return found
 
 
+LAB_TOOL_MARKS = ("kubelab", "vagrant", "ansible", "libvirt", "qemu", "locust", "kl-")
+
+
 def scratch_entries() -> set[str]:
-    """What is in the machine's temporary folders (a lab must add nothing there)."""
-    return {f"{d}/{n}" for d in ("/tmp", "/dev/shm", "/var/tmp") for n in os.listdir(d)}
+    """What in the machine's temporary folders looks like it came from a lab or its tools
+    (other programs may come and go there meanwhile)."""
+    return {
+        f"{d}/{n}"
+        for d in ("/tmp", "/dev/shm", "/var/tmp")
+        for n in os.listdir(d)
+        if any(mark in n.lower() for mark in LAB_TOOL_MARKS)
+    }
+
+
+def private_tmp(folder: Path) -> dict[str, str]:
+    """An environment whose TMPDIR is an empty folder of the test's own: whatever the lab
+    and its tools leave as temporary files stays in there, to be counted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "TMPDIR": str(folder)}

@@ -32,6 +32,7 @@ from helpers import (
     interruption_points,
     kubelab,
     lab_traces,
+    private_tmp,
     run_args,
     scratch_entries,
 )
@@ -50,13 +51,15 @@ def spec_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def start_run(spec_file: Path, reports: Path, log: Path) -> subprocess.Popen[bytes]:
-    # output to a file: after SIGKILL, surviving children still hold a pipe open
+    # output to a file: after SIGKILL, surviving children still hold a pipe open; TMPDIR
+    # a folder of the run's own, to count the temporary files it leaves
     return subprocess.Popen(
         [sys.executable, "-m", "kubelab.cli", *run_args(spec_file, reports, "-k", QUICK)],
         cwd=ROOT,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env=private_tmp(log.parent / "tmp"),
     )
 
 
@@ -92,6 +95,7 @@ def test_a_run_stopped_here_leaves_nothing(
     assert lab_traces(TEST_LAB) == [], output
     assert host_network_snapshot() == before
     assert scratch_entries() - scratch == set()
+    assert list((tmp_path / "tmp").iterdir()) == [], "temporary files were left"
     for run_dir in (tmp_path / "reports").glob("*"):
         if (run_dir / "results.parquet").exists():  # what finished stays readable
             pd.read_parquet(run_dir / "results.parquet")

@@ -111,6 +111,7 @@ def run_broken(
         run_scenarios(lab, writer, [module_file], ROOT, ["-k", k] if k else [])
     finally:
         dataplane.proxier = honest  # type: ignore[attr-defined]
+        honest.forget()  # the nodes hold the broken rules: its next sync loads all again
         lab.settle()
         lab.sync("honest rules again")
     results = pd.read_parquet(writer.results_path)

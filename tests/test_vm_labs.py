@@ -19,7 +19,14 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, host_network_snapshot, vm_leftovers
-from helpers import Point, interruption_points, kubelab, lab_traces, scratch_entries
+from helpers import (
+    Point,
+    interruption_points,
+    kubelab,
+    lab_traces,
+    private_tmp,
+    scratch_entries,
+)
 from kubelab.lab import Lab
 from kubelab.run import run_lab
 from kubelab.spec import load_spec
@@ -52,6 +59,7 @@ def test_a_vm_run_stopped_here_leaves_nothing(
         [sys.executable, "-m", "kubelab.cli", "run", str(IPVS_SPEC), "--reports",
          str(tmp_path / "reports"), "-k", "source_ip and policy"],
         cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        env=private_tmp(tmp_path / "tmp"),
     )  # fmt: skip
     time.sleep(point.delay)
     assert proc.poll() is None, f"the run ended before {point.delay}s: {log.read_text()[-1500:]}"
@@ -67,6 +75,7 @@ def test_a_vm_run_stopped_here_leaves_nothing(
     assert lab_traces("vmipvs", vm=True) == [], output
     assert host_network_snapshot() == before
     assert scratch_entries() - scratch == set()
+    assert list((tmp_path / "tmp").iterdir()) == [], "temporary files were left"
 
 
 def test_a_killed_up_is_cleaned_by_the_next_up_and_site_yml_is_idempotent() -> None:

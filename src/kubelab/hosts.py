@@ -12,13 +12,14 @@ remote shell happens in one place, `shlex.join` in SshRunner.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import queue
 import shlex
 import subprocess
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from kubelab.errors import LabError
@@ -145,12 +146,57 @@ class Runner(ABC):
             ) from None
         except FileNotFoundError as exc:
             raise LabError(f"{self.name}: cannot run {full[0]!r}: {exc.strerror}") from None
-        result = CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+        return self._checked(
+            CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr), check
+        )
+
+    def _checked(self, result: CommandResult, check: bool) -> CommandResult:
         if check and not result.ok:
             err = (result.stderr or result.stdout).strip().splitlines()
             last = err[-1] if err else f"exit code {result.rc}"
-            raise LabError(f"{self.name}: {shlex.join(argv)} failed: {last}")
+            raise LabError(f"{self.name}: {shlex.join(result.argv)} failed: {last}")
         return result
+
+    def feed(
+        self, argv: Sequence[str], chunks: Iterable[str], timeout: float = DEFAULT_TIMEOUT
+    ) -> CommandResult:
+        """Run `argv` with its stdin written from `chunks` as they are produced, so a
+        loader parses while the producer still renders; raise LabError if it fails."""
+        full = self.wrap(argv)
+        try:
+            proc = subprocess.Popen(
+                full, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+        except FileNotFoundError as exc:
+            raise LabError(f"{self.name}: cannot run {full[0]!r}: {exc.strerror}") from None
+        assert proc.stdin and proc.stdout and proc.stderr
+        out: dict[str, str] = {}
+        readers = [
+            threading.Thread(target=lambda k=k, f=f: out.__setitem__(k, f.read()), daemon=True)
+            for k, f in (("stdout", proc.stdout), ("stderr", proc.stderr))
+        ]
+        for reader in readers:
+            reader.start()
+        try:
+            for chunk in chunks:
+                proc.stdin.write(chunk)
+        except BrokenPipeError:
+            pass  # the loader stopped early: its exit code and stderr say why
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise LabError(
+                f"{self.name}: {shlex.join(argv)} did not finish in {timeout}s"
+            ) from None
+        for reader in readers:
+            reader.join()
+        result = CommandResult(tuple(argv), rc, out.get("stdout", ""), out.get("stderr", ""))
+        return self._checked(result, check=True)
 
     def start(self, argv: Sequence[str]) -> Process:
         """Start `argv` in the background on the member; its stdin and stdout are a line

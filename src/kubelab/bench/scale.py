@@ -251,7 +251,9 @@ class ScaleBench:
                     "add_one_service_apply",
                     apply_seconds,
                     "s",
-                    detail="the nft -f transaction alone",
+                    detail="the nft -f transaction alone"
+                    if mode == "nftables"
+                    else "the iptables-restore --noflush of the changed chains alone",
                 )
             )
         removed = lab.delete_service("default/svc-99999")

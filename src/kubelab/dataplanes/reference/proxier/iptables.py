@@ -1,4 +1,4 @@
-"""The iptables proxier: kube-proxy's iptables-mode layout, loaded with one iptables-restore.
+"""The iptables proxier: kube-proxy's iptables-mode layout, with kube-proxy's partial sync.
 
 The text follows pkg/proxy/iptables/proxier.go (v1.31): the same chain names, hashes,
 comments, probabilities and masquerade mark, so `iptables-save` of a lab node reads like a
@@ -6,15 +6,23 @@ kube-proxy node and the rule auditor reads both the same way. Differences from k
 on purpose: the built-in chains' jump rules are part of the same restore (kube-proxy ensures
 them with separate calls), because the lab owns the node's whole ruleset; there is no
 nfacct counter on the INVALID drop.
+
+Syncs are partial as since kube-proxy 1.28 (KEP-3453): the first sync of a node, and one
+every FULL_SYNC_PERIOD_S or after a partial restore fails, loads both tables whole; the
+others send `iptables-restore --noflush` only the chains whose rules changed (declaring a
+chain flushes it) and delete the chains that went away.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from kubelab import naming as n
 from kubelab.dataplanes.reference.proxier.base import Proxier, ProxierContext
+from kubelab.errors import LabError
 from kubelab.hosts import Runner
 from kubelab.model import Endpoint, Service, ServicePort, ServiceState, categorize
 
@@ -23,26 +31,69 @@ def _comment(text: str) -> str:
     return f'-m comment --comment "{text}"' if " " in text else f"-m comment --comment {text}"
 
 
+FULL_SYNC_PERIOD_S = 3600.0  # kube-proxy's forced full resync (FullSyncPeriod: 1h)
+FULL_LOAD_S = 600.0  # a full load of 10,000s of Services takes tens of seconds
+
+
 @dataclass
 class _Table:
-    """A table being written: chain declarations first, then rules, like kube-proxy's buffers."""
+    """A table being written: chain declarations first, then rules, like kube-proxy's buffers.
+    Rules are kept per chain (in order): a partial sync compares them chain by chain."""
 
     name: str
     builtin: tuple[str, ...]
     chains: dict[str, None] = field(default_factory=dict)  # an ordered set: O(1) membership
-    rules: list[str] = field(default_factory=list)
+    rules: dict[str, list[str]] = field(default_factory=dict)  # chain -> its rules, in order
+    _owned: set[str] = field(default_factory=set)  # chains whose list is this table's own
 
     def chain(self, name: str) -> None:
         self.chains.setdefault(name, None)
 
+    def _own(self, chain: str) -> list[str]:
+        """The chain's rule list, copied first if it is still a fragment's (fragments are
+        cached between syncs and must not change)."""
+        if chain not in self._owned:
+            self.rules[chain] = list(self.rules.get(chain, ()))
+            self._owned.add(chain)
+        return self.rules[chain]
+
     def add(self, chain: str, *parts: str) -> None:
-        self.rules.append(" ".join(["-A", chain, *[p for p in parts if p]]))
+        self._own(chain).append(" ".join(["-A", chain, *[p for p in parts if p]]))
 
     def text(self) -> list[str]:
         lines = [f"*{self.name}"]
         lines += [f":{c} ACCEPT [0:0]" for c in self.builtin]
         lines += [f":{c} - [0:0]" for c in self.chains]
-        return [*lines, *self.rules, "COMMIT"]
+        for chain_rules in self.rules.values():
+            lines += chain_rules
+        return [*lines, "COMMIT"]
+
+    def merge(self, part: _Table) -> None:
+        """Append a fragment's chains and rules (one Service port's, rendered once)."""
+        for c in part.chains:
+            self.chains.setdefault(c, None)
+        for c, rules in part.rules.items():
+            if c in self.rules:
+                self._own(c).extend(rules)
+            else:  # shared with the fragment until something is added
+                self.rules[c] = rules
+
+    def delta(self, before: _Table) -> list[str]:
+        """What turns `before` into this table with `--noflush`: every user chain whose
+        rules changed, declared (which flushes it) and written again; every user chain
+        that went away, declared and deleted. Built-in chains never change here."""
+        changed = [
+            c
+            for c in self.chains
+            if self.rules.get(c) != before.rules.get(c) or c not in before.chains
+        ]
+        gone = [c for c in before.chains if c not in self.chains]
+        if not changed and not gone:
+            return []
+        lines = [f"*{self.name}", *(f":{c} - [0:0]" for c in [*changed, *gone])]
+        for c in changed:
+            lines += self.rules.get(c, [])
+        return [*lines, *(f"-X {c}" for c in gone), "COMMIT"]
 
 
 def _proto(port: ServicePort) -> str:
@@ -50,17 +101,100 @@ def _proto(port: ServicePort) -> str:
     return f"-m {p} -p {p}"
 
 
+@dataclass
+class _Applied:
+    """What a node holds: the tables last loaded, and when they were last loaded whole."""
+
+    tables: tuple[_Table, _Table]
+    full_at: float
+
+
 class IptablesProxier(Proxier):
     mode: ClassVar[str] = "iptables"
 
+    def __init__(self, scheduler: str = "rr", node_ips: dict[str, str] | None = None) -> None:
+        super().__init__(scheduler, node_ips)
+        self._applied: dict[str, _Applied] = {}
+        # per node: each Service port's rendered rules, reused while it does not change
+        self._fragments: dict[str, dict[tuple[object, ...], tuple[_Table, _Table]]] = {}
+        self.last_sync_partial = False
+
     def render(self, services: list[ServiceState], ctx: ProxierContext) -> str:
+        flt, nat = self._tables(services, ctx)
+        return "\n".join([*flt.text(), *nat.text()]) + "\n"
+
+    def sync(self, runner: Runner, services: list[ServiceState], ctx: ProxierContext) -> str:
+        """A partial restore when the node's tables are known and the full resync is not
+        due; a full one otherwise (streamed: iptables-restore parses while the rules are
+        still being rendered), and after a partial restore that fails."""
+        applied = self._applied.get(ctx.node)
+        now = time.monotonic()
+        if applied is not None and now - applied.full_at < FULL_SYNC_PERIOD_S:
+            tables = self._tables(services, ctx)
+            delta = [line for new, old in zip(tables, applied.tables, strict=True)
+                     for line in new.delta(old)]  # fmt: skip
+            started = time.perf_counter()
+            try:
+                if delta:
+                    runner.run(["iptables-restore", "--noflush"], input="\n".join(delta) + "\n")
+                self.last_apply_seconds = time.perf_counter() - started
+                self._applied[ctx.node] = _Applied(tables, applied.full_at)
+                self.last_sync_partial = True
+                return "\n".join(delta)
+            except LabError:
+                pass  # as kube-proxy: the next step is a full sync
+        built: list[tuple[_Table, _Table]] = []
+        started = time.perf_counter()
+        runner.feed(["iptables-restore"], self._build(services, ctx, built, emit=True), FULL_LOAD_S)
+        self.last_apply_seconds = time.perf_counter() - started
+        self._applied[ctx.node] = _Applied(built[0], now)
+        self.last_sync_partial = False
+        return "\n".join([*built[0][0].text(), *built[0][1].text()]) + "\n"
+
+    def forget(self) -> None:
+        self._applied.clear()
+        self._fragments.clear()
+
+    def _tables(self, services: list[ServiceState], ctx: ProxierContext) -> tuple[_Table, _Table]:
+        built: list[tuple[_Table, _Table]] = []
+        for _ in self._build(services, ctx, built, emit=False):
+            pass
+        return built[0]
+
+    def _build(
+        self,
+        services: list[ServiceState],
+        ctx: ProxierContext,
+        into: list[tuple[_Table, _Table]],
+        emit: bool,
+    ) -> Iterator[str]:
+        """Build the node's (filter, nat) tables into `into`; with `emit`, yield the
+        restore text as it is built: nat first, a Service port at a time (its new chains
+        declared before its rules), then filter, which is small."""
         flt = _Table("filter", ("INPUT", "FORWARD", "OUTPUT"))
         nat = _Table("nat", ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"))
         self._base_filter(flt)
         self._base_nat(nat)
+        if emit:
+            yield "\n".join(nat.text()[:-1]) + "\n"  # without COMMIT
+        cache: dict[tuple[object, ...], tuple[_Table, _Table]] = {}
+        cached = self._fragments.get(ctx.node, {})
         for state in services:
             for port in state.service.ports:
-                self._service_port(nat, flt, state.service, port, state.endpoints_for(port), ctx)
+                endpoints = state.endpoints_for(port)
+                key = (state.service, port, endpoints, ctx)
+                parts = cached.get(key)
+                if parts is None:  # a Service port not rendered before, or changed
+                    parts = (_Table("filter", ()), _Table("nat", ()))
+                    self._service_port(parts[1], parts[0], state.service, port, endpoints, ctx)
+                cache[key] = parts
+                if emit:
+                    new = [f":{c} - [0:0]" for c in parts[1].chains if c not in nat.chains]
+                    rules = [r for chain_rules in parts[1].rules.values() for r in chain_rules]
+                    yield "\n".join([*new, *rules, ""])
+                flt.merge(parts[0])
+                nat.merge(parts[1])
+        self._fragments[ctx.node] = cache  # what this node's next sync can reuse
         # NOTE (kube-proxy): this must be the last rule in KUBE-SERVICES.
         nat.add(
             n.KUBE_SERVICES,
@@ -70,10 +204,12 @@ class IptablesProxier(Proxier):
             "-m addrtype --dst-type LOCAL",
             f"-j {n.KUBE_NODEPORTS}",
         )
-        return "\n".join([*flt.text(), *nat.text()]) + "\n"
+        into.append((flt, nat))
+        if emit:
+            yield "\n".join([nat.rules[n.KUBE_SERVICES][-1], "COMMIT", *flt.text(), ""])
 
     def apply(self, runner: Runner, text: str) -> None:
-        runner.run(["iptables-restore"], input=text)
+        runner.run(["iptables-restore"], input=text, timeout=FULL_LOAD_S)
 
     # --- fixed chains -------------------------------------------------------------------------
 
