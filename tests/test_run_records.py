@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -124,3 +125,23 @@ def test_tear_down_holds_a_signal_and_raises_it_after() -> None:
     with pytest.raises(KeyboardInterrupt), signals.shielded():
         os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers put back
+
+
+def test_a_forked_child_dies_on_sigterm_instead_of_unwinding_kubelab() -> None:
+    """pyroute2's netns helper is a fork of kubelab: SIGTERM must kill it, not raise in its
+    copy of kubelab's stack (whose `finally` blocks would tear the lab down)."""
+    signals.install()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child
+            try:
+                time.sleep(10)
+            finally:
+                os._exit(7)  # reached only if the signal unwound the child's stack
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -8,6 +8,7 @@ the report marked incomplete. SIGKILL cannot be caught; the next `up` or `down` 
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -22,13 +23,31 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived: stop as for Ctrl-C."""
 
 
+_installed_by: list[int] = []  # the pid whose stack may unwind on a stop signal
+
+
 def _stop(signum: int, frame: FrameType | None) -> None:
+    if _installed_by and os.getpid() != _installed_by[0]:
+        # a forked child (pyroute2's netns helper, multiprocessing) must not unwind the
+        # copy of kubelab's stack it carries: that would tear the lab down from there
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     _received.append(signum)
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
+def _defaults_in_child() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def install() -> None:
-    """Make SIGTERM (and SIGINT) raise; call once, from the command line's main thread."""
+    """Make SIGTERM (and SIGINT) raise; call once, from the command line's main thread.
+    Forked children get the default handlers back."""
+    if not _installed_by:
+        _installed_by.append(os.getpid())
+        os.register_at_fork(after_in_child=_defaults_in_child)
     for sig in STOP_SIGNALS:
         signal.signal(sig, _stop)
 
