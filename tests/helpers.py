@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,17 @@ class Point:
     def id(self) -> str:
         then = f"-then-{self.after_kill}" if self.sig == signal.SIGKILL else ""
         return f"{self.index:02d}-{self.sig.name}-{self.delay:.2f}s{then}"
+
+
+def interrupt_at(proc: subprocess.Popen[bytes], point: Point, log: Path) -> None:
+    """Wait until the point's delay, then send its signal: SIGINT to the whole process
+    group (a terminal's Ctrl-C), any other to kubelab alone."""
+    time.sleep(point.delay)
+    assert proc.poll() is None, f"the run ended before {point.delay}s: {log.read_text()[-1500:]}"
+    if point.sig == signal.SIGINT:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, point.sig)
 
 
 def interruption_points(

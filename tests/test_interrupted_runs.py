@@ -29,6 +29,7 @@ from helpers import (
     QUICK,
     SIGNALS,
     Point,
+    interrupt_at,
     interruption_points,
     kubelab,
     lab_traces,
@@ -73,12 +74,7 @@ def test_a_run_stopped_here_leaves_nothing(
     before, scratch = host_network_snapshot(), scratch_entries()
     log = tmp_path / "run.log"
     proc = start_run(spec_file, tmp_path / "reports", log)
-    time.sleep(point.delay)
-    assert proc.poll() is None, f"the run ended before {point.delay}s: {log.read_text()[-1500:]}"
-    if point.sig == signal.SIGINT:
-        os.killpg(proc.pid, signal.SIGINT)
-    else:
-        os.kill(proc.pid, point.sig)
+    interrupt_at(proc, point, log)
     code = proc.wait(timeout=120)
     output = log.read_text()[-2500:]
     if point.sig == signal.SIGKILL:

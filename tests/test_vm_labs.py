@@ -21,6 +21,7 @@ import pytest
 from conftest import ROOT, host_network_snapshot, vm_leftovers
 from helpers import (
     Point,
+    interrupt_at,
     interruption_points,
     kubelab,
     lab_traces,
@@ -61,14 +62,9 @@ def test_a_vm_run_stopped_here_leaves_nothing(
         cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
         env=private_tmp(tmp_path / "tmp"),
     )  # fmt: skip
-    time.sleep(point.delay)
-    assert proc.poll() is None, f"the run ended before {point.delay}s: {log.read_text()[-1500:]}"
+    interrupt_at(proc, point, log)
     steps = [line for line in log.read_text().splitlines() if line.startswith("> ")]
     record_property("interrupted during", steps[-1] if steps else "start")
-    if point.sig == signal.SIGINT:
-        os.killpg(proc.pid, signal.SIGINT)
-    else:
-        os.kill(proc.pid, point.sig)
     code = proc.wait(timeout=900)
     output = log.read_text()[-3000:]
     assert code in ((1, 130) if point.sig == signal.SIGINT else (143,)), output

@@ -190,8 +190,7 @@ class ReferenceDataplane(Dataplane):
             self._last = services
             event = ProgrammingEvent(change, published, time.time() - published)
             self.programming.append(event)
-            for listener in self.after_sync:
-                listener()
+            self._save_status()
             return event
 
     def restart_proxy(self, scheduler: str) -> ProgrammingEvent:
