@@ -47,6 +47,14 @@ def _probe_nodeport(lab: Lab, traffic: Traffic, record: CaseRecord) -> tuple[Any
     return frame[frame["ok"]], target.name
 
 
+def _described(samples: Any, started: float) -> str:
+    """The first few probes as pod, seen client address and time into the step."""
+    return ", ".join(
+        f"{r.pod} saw {r.client_ip}:{r.client_port} (user {r.user}, +{r.t - started:.2f}s)"
+        for r in samples.head(3).itertuples()
+    )
+
+
 def test_cluster_policy_snats(
     lab: Lab, traffic: Traffic, hosts: dict[str, Any], record: CaseRecord
 ) -> None:
@@ -155,9 +163,11 @@ def test_switching_policy_at_run_time_changes_what_pods_see(
         record.metric(f"step{step}_{policy}_programming_latency", latency, "s")
         want = 1.0 if policy == "Local" else 0.0
         record.expect(len(ok) == 60, f"step {step} ({policy}): {60 - len(ok)} probes failed")
+        odd = ok[(ok["client_ip"] == client) != (policy == "Local")]
         record.expect(
             kept == want,
-            f"step {step} ({policy}): {kept:.0%} of probes kept the client IP, expected {want:.0%}",
+            f"step {step} ({policy}): {kept:.0%} of probes kept the client IP, expected "
+            f"{want:.0%}; first unexpected: {_described(odd, float(run.samples['t'].min()))}",
         )
     lab.update_service(SERVICE, external_traffic_policy="Cluster")
     record.verdict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import yaml
 
 from conftest import ROOT, leftovers, local_spec_data
 from helpers import kubelab, run_args
+from host_capture import overlapping_host_addresses, watching
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -89,10 +91,18 @@ def run_lab_file(
 
 @pytest.mark.parametrize("lab_file", ["local.yaml", "local-nftables.yaml"])
 def test_run_runs_every_scenario_and_reports_each_verdict(tmp_path: Path, lab_file: str) -> None:
+    """...and no packet with a lab address crosses the host namespace while it runs."""
+    net = yaml.safe_load((ROOT / "labs" / lab_file).read_text())["network"]
+    ranges = [ipaddress.IPv4Network(net[k]) for k in ("node_cidr", "pod_cidr", "service_cidr")]
+    if clash := overlapping_host_addresses(ranges):
+        pytest.skip(f"the host's own addresses {clash} overlap the lab's ranges")
     started = time.monotonic()
-    proc, data = run_lab_file(tmp_path, lab_file)
+    with watching(ranges) as capture:
+        proc, data = run_lab_file(tmp_path, lab_file)
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    leaks = capture.leaks
+    assert leaks == [], f"{len(leaks)} lab packets on host interfaces: {leaks[:5]}"
     report = Path(proc.stdout.strip().splitlines()[-1])
     assert report.name == "report.html" and report.exists()
     run_dir = report.parent

@@ -163,11 +163,17 @@ def _kubelab_traces(hosts: BareHosts) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+# iptables runs the whole suite over SSH; nftables (whose whole suite runs on netns in
+# test_cli_lab.py) the cases that program, read back and use its rules, to keep CI in time
+SUITES = {"iptables": (), "nftables": ("-k", "rules or clusterip or nodeport or source_ip")}
+
+
+@pytest.mark.parametrize("mode", sorted(SUITES))
 def test_the_default_suite_passes_over_ssh_on_bare_hosts(bare_hosts: BareHosts, mode: str) -> None:
     before = bare_hosts.snapshot()
     spec = _spec_file(bare_hosts, mode)
-    run = kubelab("run", str(spec), "--reports", str(bare_hosts.folder / "reports"), timeout=900)
+    reports = str(bare_hosts.folder / "reports")
+    run = kubelab("run", str(spec), "--reports", reports, *SUITES[mode], timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     run_dir = Path(run.stdout.strip().splitlines()[-1]).parent
     results = pd.read_parquet(run_dir / "results.parquet")
@@ -176,7 +182,7 @@ def test_the_default_suite_passes_over_ssh_on_bare_hosts(bare_hosts: BareHosts, 
     assert set(verdicts["kernel"]) == {sh("uname", "-r").strip()}  # read from the hosts
     assert not (verdicts["verdict"].isin(["fail", "error"])).any(), verdicts.to_string()
     passed = verdicts[verdicts["verdict"] == "pass"]["case"].tolist()
-    assert len(passed) >= 20, passed
+    assert len(passed) >= (20 if mode == "iptables" else 8), passed
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert set(provenance["node_kernels"][LAB]) == {"node1", "node2", "node3"}
     assert _kubelab_traces(bare_hosts) == []

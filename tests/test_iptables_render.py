@@ -173,3 +173,24 @@ def test_probability_chain_is_uniform_for_many_endpoints() -> None:
         weights = effective_weights([r.probability for r in rules])
         assert len(weights) == n
         assert max(abs(w - 1 / n) for w in weights) < 1e-9
+
+
+def test_rules_shared_between_nodes_match_each_nodes_own_render() -> None:
+    """A Cluster-policy Service port is rendered once for all nodes, a Local one per node:
+    every node's tables are what a proxier that never rendered another node would write."""
+    cluster = web("Cluster")
+    local = ServiceState(
+        Service(
+            **{**vars(web("Local").service), "name": "web-local", "cluster_ip": IP("10.96.0.21")}
+        ),
+        web("Local").endpoints,
+    )
+    shared = IptablesProxier()
+    for node in ("node1", "node2", "node3", "node1"):
+        ctx = ProxierContext(node=node, cluster_cidr=CTX.cluster_cidr)
+        assert shared.render([cluster, local], ctx) == IptablesProxier().render(
+            [cluster, local], ctx
+        ), node
+    one = ProxierContext(node="node1", cluster_cidr=CTX.cluster_cidr)
+    two = ProxierContext(node="node2", cluster_cidr=CTX.cluster_cidr)
+    assert shared.render([local], one) != shared.render([local], two)  # Local differs

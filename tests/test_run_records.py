@@ -16,6 +16,7 @@ import pytest
 from conftest import test_spec
 from helpers import kubelab
 from kubelab import signals
+from kubelab.atomic_write import write_atomic
 from kubelab.case_plan import CasePlan, PlannedCase, read_plan, unfinished, write_plan
 from kubelab.report.html import incompleteness, render
 from kubelab.results import ResultRow, ResultsWriter, Verdict, load_results
@@ -145,3 +146,31 @@ def test_a_forked_child_dies_on_sigterm_instead_of_unwinding_kubelab() -> None:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_ctrl_c_during_a_write_is_held_until_the_file_is_whole(tmp_path: Path) -> None:
+    target = tmp_path / "results.parquet"
+    target.write_text("old")
+
+    def write(tmp: Path) -> None:
+        tmp.write_text("half")
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives mid-write
+        tmp.write_text("new")
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, write)
+    assert target.read_text() == "new"
+    assert list(tmp_path.iterdir()) == [target], "a .tmp was left"
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_tmp(tmp_path: Path) -> None:
+    target = tmp_path / "cases.json"
+    target.write_text("old")
+
+    def write(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        write_atomic(target, write)
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]

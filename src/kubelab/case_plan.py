@@ -8,11 +8,12 @@ rows, so its report can name what did not finish and `kubelab run --resume` runs
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from kubelab.atomic_write import write_atomic
 
 PLAN_FILE = "cases.json"
 
@@ -32,9 +33,7 @@ class CasePlan:
 
 def write_plan(run_dir: Path, plan: CasePlan) -> None:
     path = run_dir / PLAN_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(plan), indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(asdict(plan), indent=1)))
 
 
 def read_plan(run_dir: Path) -> CasePlan | None:

@@ -68,6 +68,11 @@ class Service:
         return self.type == "NodePort" and self.external_traffic_policy == "Local"
 
     @property
+    def uses_local_endpoints(self) -> bool:
+        """A traffic policy is Local: what a node's rules say depends on its own endpoints."""
+        return self.internal_traffic_policy == "Local" or self.external_local
+
+    @property
     def affinity_seconds(self) -> int | None:
         return self.session_affinity_timeout_s if self.session_affinity == "ClientIP" else None
 
@@ -146,7 +151,7 @@ def categorize(service: Service, endpoints: tuple[Endpoint, ...], node: str) -> 
     # reachable Service: even under external policy Local, pod and node traffic
     # short-circuits to them.
     uses_cluster = service.internal_traffic_policy != "Local" or service.type == "NodePort"
-    uses_local = service.internal_traffic_policy == "Local" or service.external_local
+    uses_local = service.uses_local_endpoints
     cluster = _usable(endpoints) if uses_cluster else ()
     local = _usable(tuple(e for e in endpoints if e.node == node)) if uses_local else ()
     chosen = {e.address for e in (*cluster, *local)}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import enum
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from kubelab import __version__
+from kubelab.atomic_write import write_atomic
 from kubelab.spec import LabSpec
 
 RESULT_COLUMNS = [
@@ -87,9 +87,7 @@ def new_run_id(lab: str) -> str:
 
 
 def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 class ResultsWriter:

@@ -4,10 +4,10 @@ are, and the cluster's pods and Services."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from kubelab.atomic_write import write_atomic
 from kubelab.dataplanes.base import Dataplane
 from kubelab.spec import LabSpec
 from kubelab.substrates.base import Substrate
@@ -47,9 +47,7 @@ def describe(spec: LabSpec, substrate: Substrate, dataplane: Dataplane, up: bool
 
 def save(path: Path, status: dict[str, Any]) -> None:
     """Atomically, so `kubelab status` in another process never reads half a file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(status, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(status, indent=1)))
 
 
 def load_saved(path: Path) -> dict[str, Any] | None:

@@ -90,18 +90,20 @@ class NetnsSubstrate(Substrate):
         self.state_dir.mkdir(parents=True, exist_ok=True)
         fabric = self.netns(FABRIC)
         netns_util.create_netns(fabric)
-        with IPRoute(netns=fabric) as ipr:
-            ipr.link("add", ifname=FABRIC_BRIDGE, kind="bridge")
-            bridge = ipr.link_lookup(ifname=FABRIC_BRIDGE)[0]
-            ipr.link("set", index=bridge, state="up")
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         plen = self.spec.network.node_cidr.prefixlen
-        for member in self._inventory.members():
-            self._attach(self.netns(member.name), member.name, str(member.ip), plen)
+        with IPRoute(netns=fabric) as switch:  # one session for every port of the fabric
+            switch.link("add", ifname=FABRIC_BRIDGE, kind="bridge")
+            bridge = switch.link_lookup(ifname=FABRIC_BRIDGE)[0]
+            switch.link("set", index=bridge, state="up")
+            switch.link("set", index=switch.link_lookup(ifname="lo")[0], state="up")
+            for member in self._inventory.members():
+                self._attach(self.netns(member.name), member.name, str(member.ip), plen)
+                port = switch.link_lookup(ifname=member.name)[0]
+                switch.link("set", index=port, master=bridge, state="up")
         self._write_ssh_access()
 
     def _attach(self, ns: str, port_name: str, ip: str, prefixlen: int) -> None:
-        """A member namespace with eth0 plugged into the fabric bridge."""
+        """A member namespace with eth0, its peer `port_name` in the fabric namespace."""
         netns_util.create_netns(ns)
         with IPRoute(netns=ns) as ipr:
             ipr.link(
@@ -114,10 +116,6 @@ class NetnsSubstrate(Substrate):
             ipr.addr("add", index=eth0, address=ip, prefixlen=prefixlen)
             ipr.link("set", index=eth0, state="up")
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        with IPRoute(netns=self.netns(FABRIC)) as ipr:
-            port = ipr.link_lookup(ifname=port_name)[0]
-            bridge = ipr.link_lookup(ifname=FABRIC_BRIDGE)[0]
-            ipr.link("set", index=port, master=bridge, state="up")
 
     def down(self) -> None:
         """Kill every process in the lab's namespaces or naming its state dir, then delete

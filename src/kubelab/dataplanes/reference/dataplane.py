@@ -28,6 +28,7 @@ from kubelab.errors import LabError
 from kubelab.hosts import Runner, kill_under, missing_commands
 from kubelab.model import Service, ServiceState
 from kubelab.naming import member_dir
+from kubelab.parallel import for_each
 from kubelab.spec_common import DataplaneOptions, ServiceSpec, WorkloadSpec
 from kubelab.substrates.base import Substrate
 from kubelab.topology import NodeInfo, PodInfo
@@ -115,9 +116,12 @@ class ReferenceDataplane(Dataplane):
         return [f"{', '.join(members)}: {lack}" for lack, members in missing.items()]
 
     def up(self, progress: Progress) -> None:
+        """Every node, side by side: its CNI (bridge, routes, pods), its pod server, then
+        its kube-proxy's first sync, as a node that joins a cluster does."""
         pods = [r.info for r in self.cluster.pods.values()]
-        progress("pod network and pods")
-        for node in self.nodes:
+        progress("pod network, pods, their servers and rules")
+
+        def bring_up(node: NodeInfo) -> None:
             runner = self.substrate.runner(node.name)
             folder = self._folder(node.name)
             network.setup_node(
@@ -133,9 +137,14 @@ class ReferenceDataplane(Dataplane):
             )
             if not self.substrate.disposable:
                 self.proxier.save_host_rules(runner, folder)
-        self.servers.start(self.nodes, pods)
-        progress("rules")
-        self.sync("lab up")
+            self.servers.launch(node, pods)  # its start-up overlaps the rest
+            self._program(node, services)
+
+        with self._lock:
+            published, services = time.time(), self.cluster.service_states()
+            for_each(self.nodes, bring_up)
+            self.servers.wait_ready()
+            self._synced("lab up", published, services)
 
     def down(self) -> None:
         self.settle()
@@ -176,22 +185,31 @@ class ReferenceDataplane(Dataplane):
         with self._lock:
             published = published_at if published_at is not None else time.time()
             services = self.cluster.service_states()
+            # a stopped proxy's node keeps the rules it last had; the others sync at once,
+            # each node's kube-proxy on its own, so a node's latency is its own sync's
+            live = [node for node in self.nodes if node.name not in self._stopped_proxies]
+            for_each(live, lambda node: self._program(node, services))
+            return self._synced(change, published, services)
+
+    def _program(self, node: NodeInfo, services: list[ServiceState]) -> None:
+        ctx = ProxierContext(node=node.name, cluster_cidr=self.spec.network.pod_cidr)
+        self.proxier.sync(self.substrate.runner(node.name), services, ctx)
+        self._synced_at[node.name] = time.time()
+
+    def _synced(
+        self, change: str, published: float, services: list[ServiceState]
+    ) -> ProgrammingEvent:
+        """What follows a sync of the nodes: stale UDP flows, health checks, the event."""
+        for args in stale_udp_flows(self._last, services):
             for node in self.nodes:
-                if node.name in self._stopped_proxies:
-                    continue  # its rules keep what they last had
-                ctx = ProxierContext(node=node.name, cluster_cidr=self.spec.network.pod_cidr)
-                self.proxier.sync(self.substrate.runner(node.name), services, ctx)
-                self._synced_at[node.name] = time.time()
-            for args in stale_udp_flows(self._last, services):
-                for node in self.nodes:
-                    # exit 1 = "0 flow entries have been deleted": nothing stale, fine
-                    self.substrate.runner(node.name).run(["conntrack", "-D", *args], check=False)
-            self.health.sync(self.nodes, services)
-            self._last = services
-            event = ProgrammingEvent(change, published, time.time() - published)
-            self.programming.append(event)
-            self._save_status()
-            return event
+                # exit 1 = "0 flow entries have been deleted": nothing stale, fine
+                self.substrate.runner(node.name).run(["conntrack", "-D", *args], check=False)
+        self.health.sync(self.nodes, services)
+        self._last = services
+        event = ProgrammingEvent(change, published, time.time() - published)
+        self.programming.append(event)
+        self._save_status()
+        return event
 
     def restart_proxy(self, scheduler: str) -> ProgrammingEvent:
         """kube-proxy restarted with another IPVS scheduler: it reconciles what the nodes

@@ -36,6 +36,15 @@ OPTIONAL_SYSCTLS = {"net.bridge.bridge-nf-call-iptables": "1"}
 SERVICE_ROUTE_MARK = "service-route"  # in the member folder: the route kubelab added
 
 
+# args: prefix length, gateway, then (pod namespace, pod address) pairs
+POD_SIDE = """plen=$1 gw=$2; shift 2
+while [ $# -gt 0 ]; do
+  printf '%s\\n' "addr add $2/$plen dev eth0" "link set eth0 up" "link set lo up" \\
+    "route add default via $gw" | nsenter --net="/run/netns/$1" ip -batch - || exit 1
+  shift 2
+done"""
+
+
 def host_veth_name(pod: PodInfo) -> str:
     """The node-side veth of a pod, like the bridge plugin's vethXXXXXXXX (15 chars max)."""
     return "veth" + hashlib.sha256(pod.netns.encode()).hexdigest()[:8]
@@ -122,16 +131,21 @@ def add_pods(runner: Runner, node: NodeInfo, pods: Sequence[PodInfo], mode: str)
             f"link set {veth} type bridge_slave hairpin on",
         ]
     batch(runner, node_side)
-    for pod in pods:
-        batch(
-            runner,
+    # each pod's side: one `ip -batch` per pod, all from one shell on the node (a call per
+    # pod would cost a round trip each: 1,000 of them on a 100-node lab). nsenter, not
+    # `ip -n`: that also copies the mount table, whose size grows with every namespace
+    pairs = [arg for pod in pods for arg in (pod.netns, str(pod.ip))]
+    if pairs:
+        runner.run(
             [
-                f"addr add {pod.ip}/{node.pod_cidr.prefixlen} dev eth0",
-                "link set eth0 up",
-                "link set lo up",
-                f"route add default via {node.pod_gateway}",
-            ],
-            netns=pod.netns,
+                "sh",
+                "-c",
+                POD_SIDE,
+                "sh",
+                str(node.pod_cidr.prefixlen),
+                str(node.pod_gateway),
+                *pairs,
+            ]
         )
 
 

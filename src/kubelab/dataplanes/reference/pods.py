@@ -34,18 +34,19 @@ class PodServers:
         self.runner = runner
         self._procs: dict[str, Process] = {}
 
-    def start(self, nodes: tuple[NodeInfo, ...], pods: list[PodInfo]) -> None:
-        """Start every node's server with its first pods and wait until each listens."""
-        source = PROGRAM.read_text()
-        for node in nodes:
-            runner = self.runner(node.name)
-            path = program_path(self.lab_id, node.name)
-            runner.put(path, source)
-            argv = [runner.python, path, "--lab", self.lab_id]
-            for pod in pods:
-                if pod.node == node.name:
-                    argv += ["--pod", f"{pod.name}={pod.netns}={pod.port}={pod.udp_port}"]
-            self._procs[node.name] = runner.start(argv)
+    def launch(self, node: NodeInfo, pods: list[PodInfo]) -> None:
+        """Start the node's server with its first pods (of `pods`, those on the node)."""
+        runner = self.runner(node.name)
+        path = program_path(self.lab_id, node.name)
+        runner.put(path, PROGRAM.read_text())
+        argv = [runner.python, path, "--lab", self.lab_id]
+        for pod in pods:
+            if pod.node == node.name:
+                argv += ["--pod", f"{pod.name}={pod.netns}={pod.port}={pod.udp_port}"]
+        self._procs[node.name] = runner.start(argv)
+
+    def wait_ready(self) -> None:
+        """Wait until every launched server listens on all its pods' ports."""
         for name, proc in self._procs.items():
             line = proc.readline(READY_TIMEOUT)
             if line is None or "ready" not in line:

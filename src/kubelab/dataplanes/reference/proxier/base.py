@@ -102,7 +102,7 @@ class Proxier(ABC):
         text = runner.get(saved)
         had = {line[1:].strip() for line in text.splitlines() if line.startswith("*")}
         if text.strip():
-            runner.run(["iptables-restore"], input=text)
+            runner.run(["iptables-restore", "-w"], input=text)
         nft_backend = "nf_tables" in runner.run(["iptables", "-V"], check=False).stdout
         for table in sorted(set(IPTABLES_TABLES) - had):
             runner.run(["iptables", "-t", table, "-F"], check=False)

@@ -117,6 +117,8 @@ class IptablesProxier(Proxier):
         self._applied: dict[str, _Applied] = {}
         # per node: each Service port's rendered rules, reused while it does not change
         self._fragments: dict[str, dict[tuple[object, ...], tuple[_Table, _Table]]] = {}
+        # the fragments no node's own endpoints shape (no Local policy): rendered once for all
+        self._shared: dict[tuple[object, ...], tuple[_Table, _Table]] = {}
         self.last_sync_partial = False
 
     def render(self, services: list[ServiceState], ctx: ProxierContext) -> str:
@@ -136,7 +138,9 @@ class IptablesProxier(Proxier):
             started = time.perf_counter()
             try:
                 if delta:
-                    runner.run(["iptables-restore", "--noflush"], input="\n".join(delta) + "\n")
+                    runner.run(
+                        ["iptables-restore", "-w", "--noflush"], input="\n".join(delta) + "\n"
+                    )
                 self.last_apply_seconds = time.perf_counter() - started
                 self._applied[ctx.node] = _Applied(tables, applied.full_at)
                 self.last_sync_partial = True
@@ -145,7 +149,9 @@ class IptablesProxier(Proxier):
                 pass  # as kube-proxy: the next step is a full sync
         built: list[tuple[_Table, _Table]] = []
         started = time.perf_counter()
-        runner.feed(["iptables-restore"], self._build(services, ctx, built, emit=True), FULL_LOAD_S)
+        runner.feed(
+            ["iptables-restore", "-w"], self._build(services, ctx, built, emit=True), FULL_LOAD_S
+        )
         self.last_apply_seconds = time.perf_counter() - started
         self._applied[ctx.node] = _Applied(built[0], now)
         self.last_sync_partial = False
@@ -154,6 +160,7 @@ class IptablesProxier(Proxier):
     def forget(self) -> None:
         self._applied.clear()
         self._fragments.clear()
+        self._shared = {}
 
     def _tables(self, services: list[ServiceState], ctx: ProxierContext) -> tuple[_Table, _Table]:
         built: list[tuple[_Table, _Table]] = []
@@ -178,12 +185,13 @@ class IptablesProxier(Proxier):
         if emit:
             yield "\n".join(nat.text()[:-1]) + "\n"  # without COMMIT
         cache: dict[tuple[object, ...], tuple[_Table, _Table]] = {}
-        cached = self._fragments.get(ctx.node, {})
+        cached, shared = self._fragments.get(ctx.node, {}), self._shared
         for state in services:
+            node_bound = state.service.uses_local_endpoints
             for port in state.service.ports:
                 endpoints = state.endpoints_for(port)
-                key = (state.service, port, endpoints, ctx)
-                parts = cached.get(key)
+                key = (state.service, port, endpoints, ctx if node_bound else ctx.cluster_cidr)
+                parts = cached.get(key) or shared.get(key)
                 if parts is None:  # a Service port not rendered before, or changed
                     parts = (_Table("filter", ()), _Table("nat", ()))
                     self._service_port(parts[1], parts[0], state.service, port, endpoints, ctx)
@@ -195,6 +203,8 @@ class IptablesProxier(Proxier):
                 flt.merge(parts[0])
                 nat.merge(parts[1])
         self._fragments[ctx.node] = cache  # what this node's next sync can reuse
+        # replaced, not edited: nodes syncing at the same time read it
+        self._shared = {k: v for k, v in cache.items() if not isinstance(k[3], ProxierContext)}
         # NOTE (kube-proxy): this must be the last rule in KUBE-SERVICES.
         nat.add(
             n.KUBE_SERVICES,
@@ -209,7 +219,7 @@ class IptablesProxier(Proxier):
             yield "\n".join([nat.rules[n.KUBE_SERVICES][-1], "COMMIT", *flt.text(), ""])
 
     def apply(self, runner: Runner, text: str) -> None:
-        runner.run(["iptables-restore"], input=text, timeout=FULL_LOAD_S)
+        runner.run(["iptables-restore", "-w"], input=text, timeout=FULL_LOAD_S)
 
     # --- fixed chains -------------------------------------------------------------------------
 
