@@ -41,7 +41,7 @@ from helpers import (
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 SEED = 20261201
-LATEST_S = 14.0  # a QUICK run takes ~19 s here: up ~4 s, three cases ~12 s, down ~1 s
+LATEST_S = 11.0  # a QUICK run takes 13-17 s here: up ~2 s, three cases 9-11 s, down ~1 s
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,10 @@ def test_a_run_stopped_here_leaves_nothing(
     interrupt_at(proc, point, log)
     code = proc.wait(timeout=120)
     output = log.read_text()[-2500:]
-    if point.sig == signal.SIGKILL:
+    finished = "3 passed" in output and output.rstrip().endswith("report.html")
+    if point.sig != signal.SIGKILL and finished and code in (0, -point.sig):
+        pass  # the signal came as the finished run exited (Python's default handler by then)
+    elif point.sig == signal.SIGKILL:
         assert code == -signal.SIGKILL
         if point.after_kill == "up":
             up = kubelab("up", str(spec_file))
