@@ -102,7 +102,7 @@ def test_a_killed_up_is_cleaned_by_the_next_up_and_site_yml_is_idempotent() -> N
             env={**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "playbooks" / "roles"),
                  "ANSIBLE_NOCOLOR": "1"},
         )  # fmt: skip
-        assert recap.returncode == 0, recap.stdout[-3000:]
+        assert recap.returncode == 0, recap.stdout[-3000:] + recap.stderr[-3000:]
         lines = {line.split()[0]: line for line in recap.stdout.splitlines() if " changed=" in line}
         assert sorted(lines) == ["client", "node1", "node2"], lines
         assert all(" changed=0 " in line for line in lines.values()), lines
