@@ -11,7 +11,6 @@ call for; the claim's own part (masquerade or not, local endpoints only) is chec
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from kubelab.checks import audit_nodes, external_policy_in_rules
@@ -46,21 +45,6 @@ def _probe_nodeport(lab: Lab, traffic: Traffic, record: CaseRecord) -> tuple[Any
         f"{frame.loc[~frame['ok'], 'error'].head(1).tolist()}",
     )
     return frame[frame["ok"]], target.name
-
-
-def _clear_flows(lab: Lab, port: int) -> int:
-    """Delete every conntrack entry for `port` on every node, so each probe of the next step
-    is a new flow. (Once in about ten full-suite runs, the first probe after a switch to
-    Local was answered by another node's pod through node1's masquerade: a connection that
-    met an older flow's NAT decision.) Returns how many there were."""
-    cleared = 0
-    for node in lab.topology.nodes:
-        result = lab.runner(node.name).run(
-            ["conntrack", "-D", "-p", "tcp", "--dport", str(port)], check=False
-        )
-        match = re.search(r"(\d+) flow entries have been deleted", result.stderr)
-        cleared += int(match.group(1)) if match else 0
-    return cleared
 
 
 def _described(samples: Any, started: float) -> str:
@@ -172,7 +156,9 @@ def test_switching_policy_at_run_time_changes_what_pods_see(
         latency = lab.update_service(SERVICE, external_traffic_policy=policy)
         stale = lab.clear_time_wait(port)
         record.metric(f"step{step}_stale_time_wait_entries_cleared", stale, "count")
-        lingering = _clear_flows(lab, port)
+        # every state: once in about ten full runs, the first probe after a switch to Local
+        # met an older flow's NAT (another node's pod answered, masqueraded)
+        lingering = lab.clear_time_wait(port, every_state=True)
         record.metric(
             f"step{step}_other_flows_cleared",
             lingering,

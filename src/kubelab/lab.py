@@ -174,8 +174,8 @@ class Lab:
     def dump_rules(self, node: str) -> str:
         return self.dataplane.dump_rules(node)
 
-    def clear_time_wait(self, port: int) -> int:
-        return self.dataplane.clear_time_wait(port)
+    def clear_time_wait(self, port: int, every_state: bool = False) -> int:
+        return self.dataplane.clear_time_wait(port, every_state)
 
     def node_addresses(self, node: str) -> set[str]:
         return self.dataplane.node_addresses(node)

@@ -176,8 +176,9 @@ class Dataplane(ABC):
         """Every source address traffic masqueraded on `node` can carry."""
 
     @abstractmethod
-    def clear_time_wait(self, port: int) -> int:
-        """Delete TIME_WAIT conntrack entries for destination `port` on every node."""
+    def clear_time_wait(self, port: int, every_state: bool = False) -> int:
+        """Delete TIME_WAIT conntrack entries (or, with `every_state`, all entries) for
+        destination `port` on every node; how many there were."""
 
     @property
     def proxy_mode(self) -> str:

@@ -445,15 +445,16 @@ class ReferenceDataplane(Dataplane):
     def node_addresses(self, node: str) -> set[str]:
         return network.node_addresses(self.topology.node(node), self.options.pod_network)
 
-    def clear_time_wait(self, port: int) -> int:
+    def clear_time_wait(self, port: int, every_state: bool = False) -> int:
         """A new connection that reuses the 5-tuple of a TIME_WAIT entry reopens it and keeps
         its old NAT decision, whatever the rules say now; a scenario that needs every probe
-        to be a new flow clears them first. Returns how many there were."""
+        to be a new flow clears them first (with `every_state`, entries of half-closed or
+        lingering connections too). Returns how many there were."""
+        state = [] if every_state else ["--state", "TIME_WAIT"]
         cleared = 0
         for node in self.nodes:
             result = self.substrate.runner(node.name).run(
-                ["conntrack", "-D", "-p", "tcp", "--dport", str(port), "--state", "TIME_WAIT"],
-                check=False,
+                ["conntrack", "-D", "-p", "tcp", "--dport", str(port), *state], check=False
             )
             match = re.search(r"(\d+) flow entries have been deleted", result.stderr)
             cleared += int(match.group(1)) if match else 0
