@@ -54,6 +54,29 @@ def test_every_member_is_a_namespace_with_its_address(running_lab: Lab) -> None:
             )
 
 
+def test_a_port_joining_or_leaving_cni0_keeps_the_pods_gateway(running_lab: Lab) -> None:
+    """A bridge with no MAC of its own takes its lowest port's: a pod coming or going would
+    change the gateway's MAC under the node's other pods and cut them off for seconds."""
+
+    def gateway_mac() -> str:
+        link = json.loads(running_lab.exec("node1", ["ip", "-j", "link", "show", "cni0"]).stdout)
+        return str(link[0]["address"])
+
+    before = gateway_mac()
+    low = ["ip", "link", "add", "kltlow", "address", "02:00:00:00:00:01", "type", "veth"]
+    assert running_lab.exec("node1", [*low, "peer", "name", "kltlow1"]).ok
+    try:
+        assert running_lab.exec("node1", ["ip", "link", "set", "kltlow", "master", "cni0"]).ok
+        assert gateway_mac() == before
+    finally:
+        running_lab.exec("node1", ["ip", "link", "del", "kltlow"])
+    assert gateway_mac() == before
+    target = running_lab.topology.pods_on("node1")[0]
+    caller = running_lab.topology.pods_on("node2")[0]
+    url = f"http://{target.ip}:{target.port}/hostname"
+    assert http_get_many(running_lab, caller.name, url, 3) == [target.name] * 3
+
+
 def test_no_lab_namespace_has_a_path_out(running_lab: Lab) -> None:
     spec = running_lab.spec.network
     lab_ranges = [spec.node_cidr, spec.pod_cidr, spec.service_cidr]

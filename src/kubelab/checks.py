@@ -15,7 +15,11 @@ from kubelab.rules.audit import audit
 from kubelab.rules.expected import diff_tables, expected_table
 from kubelab.rules.table import ForwardingTable
 
-SPREAD_ALPHA = 0.001  # reject "uniform" below this p-value
+# reject "uniform" below this p-value. The suite runs the test many times a day (every lab,
+# every CI run); at 0.001 a fair kernel failed a case about once in 150 CI runs. At 1e-4,
+# n=1,200 over 6 endpoints still detects an effect size w=0.17 (one endpoint drawing
+# 23% instead of 17%) with 88% power; the kube-proxy bugs it guards against are far larger.
+SPREAD_ALPHA = 0.0001
 
 
 class Recorder(Protocol):

@@ -55,6 +55,13 @@ def vxlan_mac(node: NodeInfo) -> str:
     return f"0e:6b:6c:00:{node.index // 256:02x}:{node.index % 256:02x}"
 
 
+def bridge_mac(node: NodeInfo) -> str:
+    """A fixed MAC for the node's cni0. A bridge whose MAC was never set takes the lowest
+    of its ports' MACs, so a pod joining or leaving would change the gateway's MAC under
+    every other pod of the node, cut off until their ARP entries expire (up to ~45 s)."""
+    return f"0e:6b:6c:01:{node.index // 256:02x}:{node.index % 256:02x}"
+
+
 def pod_mtu(mode: str) -> int:
     return VXLAN_MTU if mode == "vxlan" else 1500
 
@@ -85,7 +92,7 @@ def setup_node(
         runner.run(["sysctl", "-q", "-w", f"{key}={value}"], check=False)
     mtu = pod_mtu(mode)
     lines = [
-        f"link add {POD_BRIDGE} mtu {mtu} type bridge",
+        f"link add {POD_BRIDGE} address {bridge_mac(node)} mtu {mtu} type bridge",
         f"addr add {node.pod_gateway}/{node.pod_cidr.prefixlen} dev {POD_BRIDGE}",
         f"link set {POD_BRIDGE} up",
     ]
