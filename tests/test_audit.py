@@ -335,3 +335,33 @@ def test_cli_json_schema_and_expect_exit_codes(tmp_path: Path) -> None:
     garbage.write_text("not a dump\n")
     proc = kubelab("audit", str(garbage))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["lab-node1-local.iptables-save", "lab-nftables.nft.json"])
+def test_a_dump_from_standard_input_or_a_pipe_reads_like_the_file(name: str) -> None:
+    """`iptables-save | kubelab audit -` and `kubelab audit <(ssh node1 nft -j list
+    ruleset)`, as people use them: the same table as from the file."""
+    dump = DATA / name
+    from_file = kubelab("audit", str(dump), "--format", "json")
+    assert from_file.returncode == 0, from_file.stderr
+    piped = subprocess.run(
+        [sys.executable, "-m", "kubelab.cli", "audit", "-", "--format", "json"],
+        input=dump.read_text(), capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    substituted = subprocess.run(
+        ["bash", "-c", f'"$0" -m kubelab.cli audit <(cat {dump}) --format json',
+         sys.executable],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    for proc in (piped, substituted):
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["frontends"] == json.loads(from_file.stdout)["frontends"]
+
+
+def test_a_missing_dump_names_standard_input_as_the_other_way(tmp_path: Path) -> None:
+    for target in (tmp_path / "nope.txt", tmp_path):
+        proc = kubelab("audit", str(target))
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+        assert "no such dump file" in proc.stderr and "or - to read it from standard input" in (
+            proc.stderr
+        )

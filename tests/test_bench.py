@@ -110,3 +110,111 @@ def test_failover_trials_give_distributions(tmp_path: Path) -> None:
     ]
     assert float(kill["value"].iloc[0]) > 0  # killed pods refuse until the endpoint leaves
     assert "2 trials:" in kill["detail"].iloc[0]
+
+
+def test_programming_times_every_node_of_every_change(tmp_path: Path) -> None:
+    proc, results = bench(
+        tmp_path,
+        "--modes",
+        "iptables,nftables",
+        "--nodes",
+        "2,4",
+        "--services",
+        "40",
+        "--endpoints",
+        "3",
+        "--changes",
+        "6",
+        kind="programming",
+    )
+    report = Path(proc.stdout.strip().splitlines()[-1])
+    samples = pd.read_parquet(report.parent / "samples.parquet")
+    for mode in ("iptables", "nftables"):
+        for nodes in (2, 4):
+            case = f"{mode}/nodes={nodes}"
+            mine = results[results["case"] == case].set_index("metric")
+            verdict = mine.loc["verdict"]
+            assert verdict["verdict"] == "pass", verdict["detail"]
+            assert "carry exactly what the Services call for" in verdict["detail"]
+            p50, p99, top = (mine.loc[f"programming_{q}", "value"] for q in ("p50", "p99", "max"))
+            assert 0 < p50 <= p99 <= top
+            assert mine.loc["node_sync_p50", "value"] <= top
+            assert f"{6 * nodes} samples" in mine.loc["programming_p50", "detail"]
+            timed = samples[samples["case"] == case]
+            assert sorted(set(timed["node"])) == [f"node{i}" for i in range(1, nodes + 1)]
+            assert len(timed) == 6 * nodes and timed["change"].nunique() == 6
+            # a node's rules are loaded after the change was published, and its own sync
+            # is part of that time
+            assert ((timed["latency_ms"] > 0) & (timed["sync_ms"] <= timed["latency_ms"])).all()
+    html = report.read_text()
+    assert 'id="bench-programming"' in html and "Network-programming latency per node" in html
+
+
+def test_programming_skips_a_node_count_the_budget_cannot_afford(tmp_path: Path) -> None:
+    _, results = bench(
+        tmp_path,
+        "--modes",
+        "iptables",
+        "--nodes",
+        "2,240",
+        "--services",
+        "20",
+        "--changes",
+        "3",
+        "--budget",
+        "10",
+        kind="programming",
+    )
+    verdicts = results[results["metric"] == "verdict"].set_index("case")
+    assert verdicts.loc["iptables/nodes=2", "verdict"] == "pass"
+    assert verdicts.loc["iptables/nodes=240", "verdict"] == "skip"
+    assert "budget: predicted" in verdicts.loc["iptables/nodes=240", "detail"]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--nodes", "ten"], "--nodes: use numbers separated by commas"),
+        (["--nodes", "0,10"], "--nodes takes 1..250 each"),
+        (["--modes", "iptables,ebpf"], "--modes takes iptables,nftables,ipvs"),
+        (["--changes", "0"], "--changes takes 1..300"),
+        (["--services", "50000"], "--services takes 1..20000"),
+        (["--budget", "5"], "--budget takes 10..7200 seconds"),
+    ],
+)
+def test_programming_bad_options_get_one_line(tmp_path: Path, args: list[str], says: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubelab.cli", "bench", "programming", "--reports", str(tmp_path),
+         *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # no run folder begun
+
+
+def test_a_scale_step_that_fails_is_an_error_row_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 10,000-Service nftables load once outran its timeout and took the whole run
+    down with no report. Here the limit is made tight for real: no `nft -f` finishes in
+    1 ms, so the second step of nftables fails in the kernel's own time."""
+    from kubelab.bench.runner import run_scale
+    from kubelab.bench.scale import ScaleConfig
+    from kubelab.dataplanes.reference.proxier import nftables
+    from kubelab.results import load_results
+
+    def progress(line: str) -> None:
+        if line.startswith("nftables: N=300"):
+            monkeypatch.setattr(nftables, "LOAD_TIMEOUT_S", 0.001)
+
+    config = ScaleConfig(["nftables", "iptables"], [10, 300], endpoints=2, connects=10)
+    report = run_scale(config, tmp_path, progress)
+    verdicts = load_results(report.parent).query("metric == 'verdict'").set_index("case")
+    failed = verdicts.loc["nftables/N=300"]
+    assert failed["verdict"] == "error" and "did not finish in 0.001s" in failed["detail"]
+    assert verdicts.loc["nftables/N=10", "verdict"] == "pass"
+    assert list(verdicts.loc[["iptables/N=10", "iptables/N=300"], "verdict"]) == ["pass"] * 2
+    assert 'id="bench-scale"' in report.read_text()
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "klbnft" not in listed and "klbipt" not in listed

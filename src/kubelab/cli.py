@@ -178,15 +178,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from kubelab.rules.expected import ObjectsError, diff_tables, expected_table
     from kubelab.rules.table import render_text
 
-    path = Path(args.dump)
-    if not path.is_file():
-        raise SpecError(
-            f"{path}: no such dump file; pass a file of iptables-save, nft or ipvsadm output"
-        )
+    text, source = _read_dump(args.dump)
     try:
-        table = audit(
-            path.read_text(errors="replace"), str(path), args.pod_cidr, set(args.node_address)
-        )
+        table = audit(text, source, args.pod_cidr, set(args.node_address))
     except AuditInputError as exc:
         raise SpecError(str(exc)) from None
     if args.format == "json":
@@ -209,10 +203,29 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 1 if differences else 0
 
 
+def _read_dump(arg: str) -> tuple[str, str]:
+    """The dump's text and a name for it: `-` is standard input (`iptables-save | kubelab
+    audit -`); a path may be a pipe (`kubelab audit <(ssh node1 nft list ruleset)`)."""
+    if arg == "-":
+        return sys.stdin.read(), "standard input"
+    path = Path(arg)
+    if path.is_dir() or not path.exists():
+        raise SpecError(
+            f"{path}: no such dump file; pass a file of iptables-save, nft or ipvsadm "
+            "output, or - to read it from standard input"
+        )
+    try:
+        return path.read_text(errors="replace"), str(path)
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read it: {exc.strerror}") from None
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from kubelab.bench.runner import run_scale, supported_modes
     from kubelab.bench.scale import ScaleConfig
 
+    if args.kind == "programming":
+        return _bench_programming(args)
     if args.kind != "scale":
         from kubelab.bench.runner import run_bench
 
@@ -235,19 +248,58 @@ def cmd_bench(args: argparse.Namespace) -> int:
     unknown = sorted(set(modes) - {"iptables", "nftables", "ipvs"})
     if unknown or any(n < 1 or n > 50_000 for n in sizes):
         raise SpecError("--modes takes iptables,nftables,ipvs; --sizes 1..50000 each")
-    if not 1 <= args.endpoints <= 100 or not 10 <= args.budget <= 7200:
+    budget = 300.0 if args.budget is None else args.budget
+    if not 1 <= args.endpoints <= 100 or not 10 <= budget <= 7200:
         raise SpecError("--endpoints takes 1..100 and --budget 10..7200 seconds")
     config = ScaleConfig(
         modes=modes,
         sizes=sorted(sizes),
         endpoints=args.endpoints,
-        budget_s=args.budget,
+        budget_s=budget,
         connects=args.connects,
     )
-    report = run_scale(config, Path(args.reports), _step)
+    return _bench_done(run_scale(config, Path(args.reports), _step))
+
+
+def _bench_programming(args: argparse.Namespace) -> int:
+    from kubelab.bench.programming import ProgrammingConfig
+    from kubelab.bench.runner import run_programming, supported_modes
+
+    try:
+        nodes = sorted({int(x) for x in args.nodes.split(",")})
+    except ValueError:
+        raise SpecError("--nodes: use numbers separated by commas, e.g. 10,100") from None
+    modes = args.modes.split(",") if args.modes else supported_modes()
+    budget = 900.0 if args.budget is None else args.budget
+    for ok, message in (
+        (not set(modes) - {"iptables", "nftables", "ipvs"}, "--modes takes iptables,nftables,ipvs"),
+        (all(1 <= n <= 250 for n in nodes), "--nodes takes 1..250 each"),
+        (1 <= args.services <= 20_000, "--services takes 1..20000"),
+        (1 <= args.endpoints <= 1000, "--endpoints takes 1..1000 (pods of the workload)"),
+        (1 <= args.changes <= 300, "--changes takes 1..300"),
+        (10 <= budget <= 7200, "--budget takes 10..7200 seconds"),
+    ):
+        if not ok:
+            raise SpecError(message)
+    config = ProgrammingConfig(
+        modes=modes,
+        nodes=nodes,
+        services=args.services,
+        endpoints=args.endpoints,
+        changes=args.changes,
+        budget_s=budget,
+    )
+    return _bench_done(run_programming(config, Path(args.reports), _step))
+
+
+def _bench_done(report: Path) -> int:
+    """The report's path; exit 1 when a step failed (its error row says why)."""
+    from kubelab.results import load_results
+
     console.print(f"report: {report}")
     print(report)
-    return 0
+    verdicts = load_results(report.parent)["verdict"]
+    return 1 if (verdicts == "error").any() else 0
 
 
 def _run_dir(arg: str) -> Path:
@@ -362,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-j) or ipvsadm -Ln / -S -n output into one forwarding table; optionally "
         "diff it against Services and EndpointSlices.",
     )
-    p.add_argument("dump", help="file holding the dump")
+    p.add_argument("dump", help="file holding the dump, or - for standard input")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.add_argument(
         "--expect",
@@ -394,12 +446,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("vagrant-json", help="print a VM lab as the Vagrantfile reads it")
     p.add_argument("lab", help="lab spec (a vagrant-substrate one)")
     p.set_defaults(func=cmd_vagrant_json)
-    p = sub.add_parser("bench", help="benchmarks: scale (rules, sync time, latency vs N)")
-    p.add_argument("kind", choices=["scale", "load", "failover"])
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks: scale (rules, sync time, latency vs N), programming (latency "
+        "across nodes), load, failover",
+    )
+    p.add_argument("kind", choices=["scale", "programming", "load", "failover"])
     p.add_argument("--modes", help="proxy modes, comma separated (default: all this kernel has)")
     p.add_argument("--sizes", default="100,1000,5000,10000", help="Service counts N")
     p.add_argument("--endpoints", type=int, default=10, help="endpoints per Service (M)")
-    p.add_argument("--budget", type=float, default=300, help="seconds; stops cleanly before")
+    p.add_argument(
+        "--budget",
+        type=float,
+        help="seconds; stops cleanly before (default: scale 300, programming 900)",
+    )
+    p.add_argument("--nodes", default="10,100", help="programming: node counts")
+    p.add_argument("--services", type=int, default=1000, help="programming: Services")
+    p.add_argument("--changes", type=int, default=12, help="programming: changes timed")
     p.add_argument("--connects", type=int, default=200, help="connections per latency sample")
     p.add_argument("--seconds", type=float, default=10, help="load: seconds per generator run")
     p.add_argument("--users", type=int, default=20, help="load: Locust users / wrk connections")

@@ -12,6 +12,7 @@ import yaml
 
 from kubelab.bench.failover import run_failover
 from kubelab.bench.load import run_load
+from kubelab.bench.programming import ProgrammingBench, ProgrammingConfig, programming_spec
 from kubelab.bench.scale import ScaleBench, ScaleConfig, bench_spec
 from kubelab.errors import EnvironmentMissing, SpecError
 from kubelab.lab import Lab
@@ -29,6 +30,14 @@ def run_scale(config: ScaleConfig, reports_root: Path, progress: Progress) -> Pa
     extra = {"bench": {"kind": "scale", **vars(config)}}
     run = open_run("bench-scale", spec, "bench scale", reports_root, extra=extra)
     ScaleBench(config, run, progress).run()
+    return render(run.run_dir)
+
+
+def run_programming(config: ProgrammingConfig, reports_root: Path, progress: Progress) -> Path:
+    spec = programming_spec(config.modes[0], min(config.nodes), config.endpoints)
+    extra = {"bench": {"kind": "programming", **vars(config)}}
+    run = open_run("bench-programming", spec, "bench programming", reports_root, extra=extra)
+    ProgrammingBench(config, run, progress).run()
     return render(run.run_dir)
 
 

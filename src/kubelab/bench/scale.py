@@ -12,7 +12,9 @@ endpoint entries as kube-proxy would write them). At each N:
 - first-connection latency p50/p90/p99 (sequential new TCP connects, bounded count) to the
   first Service, the last Service and a NodePort.
 
-The run stops cleanly before a step whose predicted cost would pass the budget.
+The run stops cleanly before a step whose predicted cost would pass the budget; a step
+that fails (a load that does not finish in time) is recorded as an error row, its mode
+stops there, and the run goes on with the next mode and renders what it measured.
 """
 
 from __future__ import annotations
@@ -197,9 +199,14 @@ class ScaleBench:
             step_started = time.monotonic()
             self.progress(f"{mode}: N={n} Services x {self.config.endpoints} endpoints")
             before_kb = _mem_available_kb()
-            lab.create_services([_spec(i) for i in range(created, n)])
-            created = n
-            rows = self._measure(lab, mode, n, before_kb)
+            try:
+                lab.create_services([_spec(i) for i in range(created, n)])
+                created = n
+                rows = self._measure(lab, mode, n, before_kb)
+            except LabError as exc:  # an overrun or a failed load: recorded, the mode stops
+                self.progress(f"{mode}: N={n}: {exc}")
+                self.emit([self._row(mode, n, "verdict", 0, "", Verdict.ERROR, str(exc))])
+                return
             cost = time.monotonic() - step_started
             rows.append(self._row(mode, n, "step_seconds", cost, "s"))
             rows.append(self._row(mode, n, "verdict", 1))

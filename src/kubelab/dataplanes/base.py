@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from kubelab.errors import LabError
@@ -34,6 +34,10 @@ class ProgrammingEvent:
     change: str
     published_at: float  # time.time() when the changed object was published
     seconds: float
+    # per node: published -> that node's rules loaded, and its own sync's duration
+    # (kube-proxy's sync_proxy_rules_duration_seconds); nodes whose proxy is stopped absent
+    per_node: dict[str, float] = field(default_factory=dict)
+    node_sync: dict[str, float] = field(default_factory=dict)
 
 
 class Dataplane(ABC):

@@ -167,24 +167,39 @@ def _bench_section(results: pd.DataFrame) -> dict[str, Any] | None:
     }
 
 
-def _bench_tables(results: pd.DataFrame) -> list[dict[str, Any]]:
-    """bench load / bench failover: one table each, case x metric."""
+def _bench_tables(results: pd.DataFrame, samples: pd.DataFrame) -> list[dict[str, Any]]:
+    """bench programming / load / failover: one table each, case x metric; programming
+    also plots every node's latency of every change."""
     out = []
     for scenario, title in (
+        ("bench_programming", "Benchmark: network programming across nodes"),
         ("bench_load", "Benchmark: load (Locust vs wrk)"),
         ("bench_failover", "Benchmark: failover trials"),
     ):
-        rows = results[(results["scenario"] == scenario) & (results["metric"] != "verdict")]
+        rows = results[results["scenario"] == scenario]
+        measured = rows[rows["metric"] != "verdict"]
         if rows.empty:
             continue
-        table = rows.pivot_table(index="case", columns="metric", values="value", aggfunc="last")
-        notes = sorted({d for d in rows["detail"] if d and "CPU-bound" in d})
+        table = measured.pivot_table(index="case", columns="metric", values="value", aggfunc="last")
+        notes = sorted({d for d in measured["detail"] if d and "CPU-bound" in d})
+        notes += [
+            f"{v.case}: {str(v.verdict).upper()}: {v.detail}"
+            for v in rows[rows["metric"] == "verdict"].itertuples()
+            if v.verdict != Verdict.PASS
+        ]
+        mine = samples[samples["scenario"] == scenario] if not samples.empty else samples
+        figures = []
+        if scenario == "bench_programming" and not mine.empty:
+            figures.append(Markup(plots.programming_latency(mine)))
         out.append(
             {
                 "title": title,
                 "anchor": scenario.replace("_", "-"),
-                "table": Markup(table.to_html(float_format="{:.4g}".format, border=0)),
+                "table": Markup(table.to_html(float_format="{:.4g}".format, border=0))
+                if not table.empty
+                else Markup("<p>nothing measured</p>"),
                 "notes": notes,
+                "figures": figures,
             }
         )
     return out
@@ -239,7 +254,7 @@ def render(run_dir: Path) -> Path:
         verdicts=verdicts.to_dict("records"),
         cases=_case_sections(results, samples),
         bench=_bench_section(results),
-        bench_tables=_bench_tables(results),
+        bench_tables=_bench_tables(results, samples),
         files=[f for f in RAW_FILES if (run_dir / f).exists()],
         incomplete=missing,
         planned=len(plan.cases) if plan else 0,

@@ -79,6 +79,7 @@ class ReferenceDataplane(Dataplane):
         self._timers: list[threading.Thread] = []
         self._stopped_proxies: set[str] = set()  # nodes whose proxier does not sync
         self._synced_at: dict[str, float] = {}  # node -> when its proxier last synced
+        self._sync_seconds: dict[str, float] = {}  # node -> how long that sync took
 
     @property
     def cni(self) -> tuple[str, str]:
@@ -193,8 +194,10 @@ class ReferenceDataplane(Dataplane):
 
     def _program(self, node: NodeInfo, services: list[ServiceState]) -> None:
         ctx = ProxierContext(node=node.name, cluster_cidr=self.spec.network.pod_cidr)
+        started = time.time()
         self.proxier.sync(self.substrate.runner(node.name), services, ctx)
-        self._synced_at[node.name] = time.time()
+        self._synced_at[node.name] = done = time.time()
+        self._sync_seconds[node.name] = done - started
 
     def _synced(
         self, change: str, published: float, services: list[ServiceState]
@@ -206,7 +209,14 @@ class ReferenceDataplane(Dataplane):
                 self.substrate.runner(node.name).run(["conntrack", "-D", *args], check=False)
         self.health.sync(self.nodes, services)
         self._last = services
-        event = ProgrammingEvent(change, published, time.time() - published)
+        loaded = {n: t for n, t in self._synced_at.items() if t >= published}
+        event = ProgrammingEvent(
+            change,
+            published,
+            time.time() - published,
+            per_node={n: t - published for n, t in loaded.items()},
+            node_sync={n: self._sync_seconds[n] for n in loaded},
+        )
         self.programming.append(event)
         self._save_status()
         return event

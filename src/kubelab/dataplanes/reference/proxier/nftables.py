@@ -28,6 +28,7 @@ from kubelab.hosts import Runner
 from kubelab.model import Categorized, Endpoint, Service, ServicePort, ServiceState, categorize
 
 T = f"ip {n.NFT_TABLE}"
+LOAD_TIMEOUT_S = 600.0  # a full load of 10,000 Services x 10 endpoints takes minutes here
 MARK = n.NFT_MASQUERADE_MARK
 
 # name -> (type, hook, priority); priorities are dstnat=-100, srcnat=100 as numbers
@@ -336,7 +337,7 @@ class NftablesProxier(Proxier):
 
     def apply(self, runner: Runner, text: str) -> None:
         if text.strip():
-            runner.run(["nft", "-f", "-"], input=text)
+            runner.run(["nft", "-f", "-"], input=text, timeout=LOAD_TIMEOUT_S)
 
     def sync(self, runner: Runner, services: list[ServiceState], ctx: ProxierContext) -> str:
         """Re-render only the Services whose state changed since this node's last sync and
