@@ -4,6 +4,7 @@ results, read in the report; nothing here asserts a time.)"""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +149,12 @@ def test_programming_times_every_node_of_every_change(tmp_path: Path) -> None:
             assert ((timed["latency_ms"] > 0) & (timed["sync_ms"] <= timed["latency_ms"])).all()
     html = report.read_text()
     assert 'id="bench-programming"' in html and "Network-programming latency per node" in html
+    layouts = json.loads((report.parent / "provenance.json").read_text())["proxier_layout"]
+    assert layouts == {
+        "iptables": "kube-proxy v1.31 pkg/proxy/iptables",
+        "nftables": "kube-proxy v1.29-v1.30 pkg/proxy/nftables",
+    }
+    assert "kube-proxy v1.31 pkg/proxy/iptables" in html  # the report's provenance says so
 
 
 def test_programming_skips_a_node_count_the_budget_cannot_afford(tmp_path: Path) -> None:

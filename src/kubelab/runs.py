@@ -69,6 +69,7 @@ class RunFolder:
             self.run_dir,
             node_kernels={lab.spec.lab_id: kernels},
             **lab.substrate.provenance(),  # a VM lab's box: name, version, hash
+            **lab.dataplane.provenance(),  # the reference proxier's kube-proxy layout
         )
         lab.substrate.keep_records(self.run_dir)
         return self.writer.context

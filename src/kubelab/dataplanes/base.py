@@ -58,6 +58,10 @@ class Dataplane(ABC):
         """What the nodes and the client lack for this dataplane, one line each (before up;
         through the substrate's probe runners)."""
 
+    def provenance(self) -> dict[str, Any]:
+        """What a run's provenance records of this dataplane (whose rule layout it wrote)."""
+        return {}
+
     @abstractmethod
     def up(self, progress: Progress) -> None:
         """Pod network, pods, and the first sync of the Service rules."""

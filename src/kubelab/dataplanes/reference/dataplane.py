@@ -85,6 +85,9 @@ class ReferenceDataplane(Dataplane):
     def cni(self) -> tuple[str, str]:
         return ("reference", self.options.pod_network)
 
+    def provenance(self) -> dict[str, Any]:
+        return {"proxier_layout": {self.proxy_mode: self.proxier.layout}}  # merged per mode
+
     def _folder(self, node: str) -> str:
         return member_dir(self.spec.lab_id, node)
 

@@ -34,6 +34,8 @@ class KernelFeature:
 
 class Proxier(ABC):
     mode: ClassVar[str]
+    # whose rule layout it writes: the kube-proxy source it follows (run provenance)
+    layout: ClassVar[str]
     # what the node needs, and the Debian packages that bring it
     tools: ClassVar[tuple[str, ...]] = ("iptables-restore", "iptables-save", "conntrack")
     packages: ClassVar[str] = "iptables conntrack"

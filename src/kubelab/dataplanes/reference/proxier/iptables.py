@@ -123,6 +123,7 @@ class _Applied:
 
 class IptablesProxier(Proxier):
     mode: ClassVar[str] = "iptables"
+    layout: ClassVar[str] = "kube-proxy v1.31 pkg/proxy/iptables"
 
     def __init__(self, scheduler: str = "rr", node_ips: dict[str, str] | None = None) -> None:
         super().__init__(scheduler, node_ips)

@@ -67,6 +67,7 @@ def ipvs_changes(before: str, after: str) -> str:
 
 class IpvsProxier(Proxier):
     mode: ClassVar[str] = "ipvs"
+    layout: ClassVar[str] = "kube-proxy pkg/proxy/ipvs (release not pinned)"
 
     def __init__(self, scheduler: str = "rr", node_ips: dict[str, str] | None = None) -> None:
         super().__init__(scheduler, node_ips)

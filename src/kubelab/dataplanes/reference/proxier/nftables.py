@@ -110,6 +110,7 @@ def _chain_header(name: str) -> str:
 
 class NftablesProxier(Proxier):
     mode: ClassVar[str] = "nftables"
+    layout: ClassVar[str] = "kube-proxy v1.29-v1.30 pkg/proxy/nftables"
 
     tools: ClassVar[tuple[str, ...]] = ("nft", "conntrack")
     packages: ClassVar[str] = "nftables conntrack"
