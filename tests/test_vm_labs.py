@@ -99,6 +99,7 @@ def test_a_killed_up_is_cleaned_by_the_next_up_and_site_yml_is_idempotent() -> N
             [str(Path(sys.executable).parent / "ansible-playbook"),
              "-i", str(state / "inventory.yml"), "playbooks/site.yml"],
             capture_output=True, text=True, cwd=ROOT, timeout=900, check=False,
+            stdin=subprocess.DEVNULL,  # as from a terminal: blocking (ansible checks)
             env={**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "playbooks" / "roles"),
                  "ANSIBLE_NOCOLOR": "1"},
         )  # fmt: skip

@@ -137,8 +137,16 @@ class Runner(ABC):
     ) -> CommandResult:
         full = self.wrap(argv)
         try:
+            # never the harness's own stdin: ssh sets it non-blocking while it runs, and one
+            # killed midway leaves it so for the terminal (ansible then refuses to start)
             proc = subprocess.run(
-                full, input=input, capture_output=True, text=True, timeout=timeout, check=False
+                full,
+                input=input,
+                stdin=subprocess.DEVNULL if input is None else None,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
             )
         except subprocess.TimeoutExpired:
             raise LabError(

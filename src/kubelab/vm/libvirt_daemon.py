@@ -60,7 +60,10 @@ class LabLibvirt:
             "virtlogd -d\nvirtlockd -d\nlibvirtd -d\n"
         )
         result = subprocess.run(
-            ["ip", "netns", "exec", self.netns, "sh", "-c", script], capture_output=True, text=True
+            ["ip", "netns", "exec", self.netns, "sh", "-c", script],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
             raise LabError(f"libvirtd did not start in {self.netns}: {result.stderr.strip()}")

@@ -90,7 +90,12 @@ class Vagrant:
         with self.log.open("a") as log:
             log.write(f"$ vagrant {' '.join(args)}\n")
             proc = subprocess.Popen(
-                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env
+                argv,
+                stdin=subprocess.DEVNULL,  # it asks nothing; the terminal stays untouched
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=self.env,
             )
             assert proc.stdout is not None
             try:
