@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kubelab.bench.scale import echo_service
 from kubelab.dataplanes.base import ProgrammingEvent
 from kubelab.errors import EnvironmentMissing, LabError
 from kubelab.lab import Lab
@@ -33,7 +34,7 @@ from kubelab.results import ResultRow, Verdict
 from kubelab.rules.audit import audit
 from kubelab.rules.expected import diff_tables, expected_table
 from kubelab.runs import RunFolder
-from kubelab.spec import LabSpec, ServiceSpec, parse_spec
+from kubelab.spec import LabSpec, parse_spec
 
 SCENARIO = "bench_programming"
 DEFAULT_NODES = (10, 100)
@@ -61,12 +62,6 @@ def programming_spec(mode: str, nodes: int, endpoints: int) -> LabSpec:
             "services": [],
         },
         f"bench programming ({mode}, {nodes} nodes)",
-    )
-
-
-def _service(name: str) -> ServiceSpec:
-    return ServiceSpec.model_validate(
-        {"name": name, "workload": "echo", "ports": [{"port": 80, "target_port": 8080}]}
     )
 
 
@@ -143,7 +138,7 @@ class ProgrammingBench:
     def _measure(self, lab: Lab, case: str) -> None:
         n, k = self.config.services, self.config.changes
         self.progress(f"{case}: {n} Services on every node")
-        loaded = lab.create_services([_service(f"svc-{i:05d}") for i in range(n)])
+        loaded = lab.create_services([echo_service(f"svc-{i:05d}") for i in range(n)])
         self.emit(*self._summary(case, "initial_sync", [loaded], f"{n} Services at once"))
         events: list[ProgrammingEvent] = []
         for i in range(k):
@@ -172,7 +167,7 @@ class ProgrammingBench:
         """add -> ClientIP affinity -> remove, over and over."""
         name = f"churn-{i // 3:03d}"
         if i % 3 == 0:
-            return lab.create_service(_service(name))
+            return lab.create_service(echo_service(name))
         if i % 3 == 1:
             lab.update_service(f"default/{name}", session_affinity="ClientIP")
             return lab.programming[-1]

@@ -112,14 +112,19 @@ def _mem_available_kb() -> int:
     return 0
 
 
-def _spec(i: int) -> ServiceSpec:
+def echo_service(name: str) -> ServiceSpec:
+    """A ClusterIP Service of the echo workload, port 80 -> 8080 (the benchmarks' unit)."""
     return ServiceSpec.model_validate(
         {
-            "name": f"svc-{i:05d}",
+            "name": name,
             "workload": "echo",
             "ports": [{"name": "http", "port": 80, "target_port": 8080}],
         }
     )
+
+
+def _spec(i: int) -> ServiceSpec:
+    return echo_service(f"svc-{i:05d}")
 
 
 def _timed(action: Callable[[], Any]) -> float:

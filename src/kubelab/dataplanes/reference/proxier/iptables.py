@@ -177,7 +177,7 @@ class IptablesProxier(Proxier):
     ) -> str:
         text = "\n".join([*tables[0].text(), *tables[1].text()]) + "\n"
         started = time.perf_counter()
-        runner.run(["iptables-restore", "-w"], input=text, timeout=FULL_LOAD_S)
+        self.apply(runner, text)
         self.last_apply_seconds = time.perf_counter() - started
         self._applied[node] = _Applied(tables, now)
         self.last_sync_partial = False
