@@ -69,8 +69,12 @@ def test_scale_measures_every_mode_and_size(tmp_path: Path) -> None:
             ):
                 assert value(results, mode, n, metric) > 0
         assert value(results, mode, 200, "rules") > value(results, mode, 10, "rules")
-    assert value(results, "iptables", 200, "plain_restore") > 0
+    for mode in ("iptables", "nftables"):
+        assert value(results, mode, 200, "plain_restore") > 0
     assert value(results, "nftables", 200, "add_one_service_apply") > 0
+    # the kernel's commit floor: revalidating the table costs more than a commit without it
+    assert value(results, "nftables", 200, "kernel_commit_verdict") > 0
+    assert value(results, "nftables", 200, "kernel_commit_plain") > 0
     assert value(results, "nftables", 200, "map_elements") >= 200
     html = Path(proc.stdout.strip().splitlines()[-1]).read_text()
     assert 'id="bench-scale"' in html and html.count("<svg") >= 3

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
+import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 
 from kubelab import naming
 from kubelab.dataplanes.reference.proxier import NftablesProxier, ProxierContext
-from kubelab.hosts import NetnsRunner
+from kubelab.dataplanes.reference.proxier.nft_netlink import NETLINK_NETFILTER, Batch
+from kubelab.errors import LabError
+from kubelab.hosts import CommandResult, NetnsRunner
 from kubelab.model import Endpoint, Service, ServicePort, ServiceState
 from kubelab.rules.nft import load_nft_json
 
@@ -134,24 +138,130 @@ def normalized(runner: NetnsRunner) -> dict[str, Any]:
     }
 
 
+def bytecode(runner: NetnsRunner) -> list[str]:
+    """Every rule's and element's kernel bytecode as nft prints it, without handles and
+    anonymous set numbers, in a stable order: two ways of writing the same rules must give
+    the same list."""
+    text = runner.run(["nft", "--debug=netlink", "list", "ruleset"]).stdout
+    blocks: list[list[str]] = []
+    for line in text.split("\ntable ")[0].splitlines():
+        if not line.strip():
+            continue
+        line = re.sub(r"__map\d+", "__map", line)
+        if not line[0].isspace():  # "ip kube-proxy CHAIN HANDLE [POSITION]" or "... @SET"
+            blocks.append([re.sub(r"(\s+\d+)+\s*$", "", line)])
+        else:
+            blocks[-1].append(line)
+    return sorted("\n".join([b[0], *(sorted(b[1:]) if "@" in b[0] else b[1:])]) for b in blocks)
+
+
+class RecordingRunner(NetnsRunner):
+    """A namespace runner that remembers the commands it ran."""
+
+    def __init__(self, name: str, netns: str) -> None:
+        super().__init__(name, netns)
+        self.commands: list[tuple[str, ...]] = []
+
+    def run(self, argv: Sequence[str], **kwargs: Any) -> CommandResult:
+        self.commands.append(tuple(argv))
+        return super().run(argv, **kwargs)
+
+
+def dns(n: int = 2) -> ServiceState:
+    svc = Service(
+        "kube-system",
+        "dns",
+        "NodePort",
+        IP("10.96.0.10"),
+        (ServicePort("dns", "UDP", 53, 5353, 30053),),
+        "dns",
+    )  # type: ignore[arg-type]
+    eps = tuple(Endpoint(IP(f"10.244.1.{20 + i}"), 5353, "node1", f"d{i}") for i in range(n))
+    return ServiceState(svc, eps)
+
+
 STEPS = [
     [web()],
     [web("Local", 3, "ClientIP")],
-    [web("Local", 0)],
-    [web(n=5), web(name="api", ip="10.96.0.30", node_port=None, n=2)],
-    [web(n=5, affinity="ClientIP")],
+    [web("Local", 0), dns()],
+    [web(n=5), web(name="api", ip="10.96.0.30", node_port=None, n=2), dns(0)],
+    [web(n=5, affinity="ClientIP"), dns(3)],
     [],
     [web(n=1)],
 ]
 
 
 @pytest.mark.root
-def test_incremental_syncs_end_where_a_full_load_does(scratch: NetnsRunner) -> None:
+@pytest.mark.parametrize("cluster_cidr", ["10.244.0.0/16", "10.240.0.0/12"])
+def test_incremental_syncs_end_where_a_full_load_does(
+    scratch: NetnsRunner, cluster_cidr: str
+) -> None:
+    """Deltas go to the kernel as netlink batches (no `nft -f` after the first load) and
+    leave the same rules, down to the bytecode, as nft loading the whole table. The /12
+    pod CIDR takes nft's masked-prefix encoding, the /16 its byte-aligned one."""
+    ctx = ProxierContext(node="node1", cluster_cidr=ipaddress.IPv4Network(cluster_cidr))
+    runner = RecordingRunner("scratch", scratch.netns)
     incremental = NftablesProxier()
-    for step in STEPS:
-        text = incremental.sync(scratch, step, CTX)
-        after_delta = normalized(scratch)
-        NftablesProxier().sync(scratch, step, CTX)  # a fresh proxier loads everything
+    for i, step in enumerate(STEPS):
+        runner.commands.clear()
+        text = incremental.sync(runner, step, ctx)
+        loads = [c for c in runner.commands if c[:2] == ("nft", "-f")]
+        assert loads == ([("nft", "-f", "-")] if i == 0 else []), f"step {i} ran nft -f"
+        after_delta, code_after_delta = normalized(scratch), bytecode(scratch)
+        NftablesProxier().sync(scratch, step, ctx)  # a fresh proxier loads everything
         assert normalized(scratch) == after_delta, f"delta diverged after:\n{text}"
+        assert bytecode(scratch) == code_after_delta, f"bytecode diverged after:\n{text}"
     # an unchanged sync sends nothing
-    assert incremental.sync(scratch, STEPS[-1], CTX) == ""
+    assert incremental.sync(scratch, STEPS[-1], ctx) == ""
+
+
+@pytest.mark.root
+def test_a_refused_batch_names_its_command_and_changes_nothing(scratch: NetnsRunner) -> None:
+    proxier = NftablesProxier()
+    proxier.sync(scratch, [web()], CTX)
+    before = normalized(scratch)
+    batch = Batch(naming.NFT_TABLE)
+    batch.add_chain("new-chain")
+    batch.add_rule("new-chain", "goto no-such-chain")
+    with pytest.raises(
+        LabError,
+        match=r"scratch: nf_tables refused 'add rule new-chain goto "
+        r"no-such-chain': No such file or directory .*nothing of this change",
+    ):
+        batch.send(socket_into(scratch), "scratch")
+    assert normalized(scratch) == before
+
+
+def socket_into(runner: NetnsRunner) -> socket.socket:
+    sock = runner.netlink(NETLINK_NETFILTER)
+    assert sock is not None
+    return sock
+
+
+def test_a_rule_outside_the_vocabulary_is_refused_not_guessed() -> None:
+    batch = Batch(naming.NFT_TABLE)
+    with pytest.raises(LabError, match="no encoding for rule 'ct state new counter'"):
+        batch.add_rule("some-chain", "ct state new counter")
+
+
+@pytest.mark.root
+def test_a_delta_of_thousands_of_elements_is_split_over_messages(scratch: NetnsRunner) -> None:
+    """1,500 new Services in one delta: their service-ips elements pass the 64 KiB an
+    attribute can hold, so they go in several messages of the same batch."""
+    proxier = NftablesProxier()
+    proxier.sync(scratch, [], CTX)
+    many = [
+        web(name=f"s{i}", ip=f"10.96.{10 + i // 250}.{1 + i % 250}", n=1, node_port=None)
+        for i in range(1500)
+    ]
+    proxier.sync(scratch, many, CTX)
+    assert proxier.count_rules(scratch)["map_elements"] == 1500
+    after_delta = normalized(scratch)
+    NftablesProxier().sync(scratch, many, CTX)
+    assert normalized(scratch) == after_delta
+
+
+@pytest.mark.parametrize("text", ["ip saddr", "tcp dport eighty goto x", "meta l4proto icmp"])
+def test_a_rule_cut_short_is_refused_too(text: str) -> None:
+    with pytest.raises(LabError, match="no encoding for rule"):
+        Batch(naming.NFT_TABLE).add_rule("some-chain", text)

@@ -16,12 +16,14 @@ import contextlib
 import json
 import queue
 import shlex
+import socket
 import subprocess
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from kubelab import netns_util
 from kubelab.errors import LabError
 
 DEFAULT_TIMEOUT = 60.0
@@ -126,6 +128,12 @@ class Runner(ABC):
     @abstractmethod
     def wrap(self, argv: Sequence[str]) -> list[str]:
         """The local argv that runs `argv` on the member."""
+
+    def netlink(self, protocol: int) -> socket.socket | None:
+        """A netlink socket (`protocol`: NETLINK_NETFILTER, ...) into the member's kernel
+        when this process can open one there, as for a namespace on this kernel; None when
+        the member is reached only by running commands on it (SSH)."""
+        return None
 
     def run(
         self,
@@ -255,6 +263,10 @@ class NetnsRunner(Runner):
 
     def wrap(self, argv: Sequence[str]) -> list[str]:
         return ["nsenter", f"--net=/run/netns/{self.netns}", *argv]
+
+    def netlink(self, protocol: int) -> socket.socket | None:
+        with netns_util.entered(self.netns):  # a socket stays in the namespace it was made in
+            return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
 
 
 class NamespacedRunner(Runner):

@@ -4,10 +4,12 @@ For each mode the kernel supports, one node, M real endpoint pods, and Services 
 steps up to each N (every Service has the same M endpoints, so the rules hold N x M
 endpoint entries as kube-proxy would write them). At each N:
 - rule counts (iptables rules and chains; nftables rules, chains, map elements),
-- full-sync time (render + load), and for iptables a plain `iptables-restore` of the same
+- full-sync time (render + load), and a plain `iptables-restore` or `nft -f` of the same
   text in the same run, the baseline the reference proxier must match,
-- one-Service add and remove (network-programming latency; for nftables also the time of
-  the `nft -f` transaction alone),
+- one-Service add and remove (network-programming latency, and the time of the write to
+  the kernel alone); for nftables also the kernel's commit floor at this size (a batch of
+  one chain and one verdict rule, which makes the kernel revalidate the whole table, next
+  to one without a verdict),
 - kernel memory taken by the rules (MemAvailable before and after, rough),
 - first-connection latency p50/p90/p99 (sequential new TCP connects, bounded count) to the
   first Service, the last Service and a NodePort.
@@ -29,14 +31,23 @@ from typing import Any
 import numpy as np
 
 from kubelab.dataplanes.reference.dataplane import ReferenceDataplane
+from kubelab.dataplanes.reference.proxier import nft_netlink
 from kubelab.errors import EnvironmentMissing, LabError
 from kubelab.hosts import Runner
 from kubelab.lab import Lab
+from kubelab.naming import NFT_TABLE
 from kubelab.results import ResultRow, Verdict
 from kubelab.runs import RunFolder
 from kubelab.spec import LabSpec, ServiceSpec, parse_spec
 
 DEFAULT_SIZES = (100, 1000, 5000, 10000)
+LOAD_TIMEOUT_S = 600.0
+# the kernel's own loader, fed the same text the proxier's full sync loads
+PLAIN_LOADERS = {"iptables": ["iptables-restore"], "nftables": ["nft", "-f", "-"]}
+APPLY_DETAIL = {
+    "nftables": "the netlink batch alone (nft -f over SSH)",
+    "iptables": "the iptables-restore --noflush of the changed chains alone",
+}
 NODE_PORT = 30080
 GROWTH = 1.3  # a step's cost is predicted as last_cost * (n / last_n) ** GROWTH
 
@@ -239,9 +250,10 @@ class ScaleBench:
         runner = lab.runner("node1")
         full = dataplane.full_sync()  # everything loaded, as on a kube-proxy restart
         rows.append(self._row(mode, n, "full_sync", full, "s", detail="render + load"))
-        if mode == "iptables":
+        if mode in PLAIN_LOADERS:
             text = dataplane.render_rules("node1")
-            plain = _timed(lambda: runner.run(["iptables-restore"], input=text, timeout=600))
+            tool = PLAIN_LOADERS[mode]
+            plain = _timed(lambda: runner.run(tool, input=text, timeout=LOAD_TIMEOUT_S))
             rows.append(
                 self._row(
                     mode,
@@ -249,7 +261,7 @@ class ScaleBench:
                     "plain_restore",
                     plain,
                     "s",
-                    detail="iptables-restore of the same text alone",
+                    detail=f"{' '.join(tool)} of the same text alone",
                 )
             )
         added = lab.create_service(_spec(99_999))
@@ -263,11 +275,11 @@ class ScaleBench:
                     "add_one_service_apply",
                     apply_seconds,
                     "s",
-                    detail="the nft -f transaction alone"
-                    if mode == "nftables"
-                    else "the iptables-restore --noflush of the changed chains alone",
+                    detail=APPLY_DETAIL.get(mode, ""),
                 )
             )
+        if mode == "nftables":
+            rows += self._commit_floor(mode, n, runner)
         removed = lab.delete_service("default/svc-99999")
         rows.append(self._row(mode, n, "remove_one_service", removed.seconds, "s"))
         pod = lab.running_pods("echo")[0].name
@@ -286,6 +298,21 @@ class ScaleBench:
             "nodeport",
             connect_latencies(lab.runner("client"), host, port, self.config.connects),
         )
+        return rows
+
+    def _commit_floor(self, mode: str, n: int, runner: Runner) -> list[ResultRow]:
+        """The kernel's own share of any one-Service change at this size (median of 5);
+        nothing when the node is not reachable over netlink."""
+        rows = []
+        for verdict, name, detail in (
+            (True, "kernel_commit_verdict", "one chain + one accept rule: table revalidated"),
+            (False, "kernel_commit_plain", "one chain + one counter rule: no revalidation"),
+        ):
+            runs = [nft_netlink.commit_floor(runner, NFT_TABLE, verdict) for _ in range(5)]
+            seconds = [r for r in runs if r is not None]
+            if not seconds:
+                return []
+            rows.append(self._row(mode, n, name, float(np.median(seconds)), "s", detail=detail))
         return rows
 
     def _latency(self, mode: str, n: int, label: str, values: list[float]) -> list[ResultRow]:

@@ -136,6 +136,8 @@ def _bench_section(results: pd.DataFrame) -> dict[str, Any] | None:
             "plain_restore",
             "add_one_service",
             "add_one_service_apply",
+            "kernel_commit_verdict",
+            "kernel_commit_plain",
             "remove_one_service",
             "latency_first_service_p50",
             "latency_last_service_p50",

@@ -46,11 +46,12 @@ def stale_udp_flows(before: list[ServiceState], after: list[ServiceState]) -> li
     out: list[list[str]] = []
     for old in before:
         svc = old.service
-        if svc.headless:
+        udp = [p for p in svc.ports if p.protocol == "UDP"]
+        if svc.headless or not udp:
             continue
         new = now.get(svc.key)
         still = {e.ip for e in new.endpoints if e.ready} if new else set()
-        for port in (p for p in svc.ports if p.protocol == "UDP"):
+        for port in udp:
             for ep in old.endpoints_for(port):
                 if not ep.ready or ep.ip in still:
                     continue

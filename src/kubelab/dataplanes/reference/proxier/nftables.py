@@ -9,10 +9,14 @@ ClientIP affinity through one dynamic timeout set per endpoint.
 Sync: the first sync of a node loads the whole table in one `nft -f` transaction (delete
 and re-create). Every later sync diffs the new ruleset against the last one applied on
 that node and sends only what changed (map elements, changed chains, new and stale chains
-and sets), again as one atomic `nft -f` transaction: a one-Service change costs the same at
-10 Services as at 10,000. Differences from kube-proxy: base chain priorities are written
-as numbers (nft 1.0.6 rejects `dstnat` on the output hook), and stale chains are deleted
-in the same transaction (kernels >= 6.2 allow it; kube-proxy waits a second for older ones).
+and sets) as one atomic transaction: a netlink batch (`nft_netlink.py`) when the node is a
+namespace on this kernel, an `nft -f` script over the node's runner otherwise (VMs). The
+batch skips nft's cache dump, which grows with the table; what is left is the kernel's
+commit, which revalidates the whole table whenever a change adds a jump or goto.
+
+Differences from kube-proxy: base chain priorities are written as numbers (nft 1.0.6
+rejects `dstnat` on the output hook), and stale chains are deleted in the same transaction
+(kernels >= 6.2 allow it; kube-proxy waits a second for older ones).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import ClassVar
 
 from kubelab import naming as n
 from kubelab.dataplanes.reference.proxier.base import Proxier, ProxierContext
+from kubelab.dataplanes.reference.proxier.nft_netlink import NETLINK_NETFILTER, Batch
 from kubelab.hosts import Runner
 from kubelab.model import Categorized, Endpoint, Service, ServicePort, ServiceState, categorize
 
@@ -93,6 +98,53 @@ class NftRuleset:
         for name, elements in other.elements.items():
             self.elements[name].update(elements)
         self.affinity_sets.update(other.affinity_sets)
+
+
+@dataclass(frozen=True)
+class NftChange:
+    """One step of a delta: written as an `nft -f` line, or into a netlink batch."""
+
+    verb: str  # add set | add chain | flush chain | add rule | delete/add element | delete ...
+    name: str  # the chain, set or map
+    rule: str = ""
+    elements: tuple[tuple[str, str], ...] = ()  # (key, verdict)
+    timeout: int = 0  # seconds, for `add set`
+
+    def text(self) -> str:
+        if self.verb == "add set":
+            return (
+                f"add set {T} {self.name} {{ type ipv4_addr; flags dynamic,timeout; "
+                f"timeout {self.timeout}s; }}"
+            )
+        if self.verb == "add rule":
+            return f"add rule {T} {self.name} {self.rule}"
+        if self.verb == "delete element":
+            keys = ", ".join(k.split(" comment ")[0] for k, _ in self.elements)
+            return f"delete element {T} {self.name} {{ {keys} }}"
+        if self.verb == "add element":
+            body = ", ".join(f"{k} : {v}" for k, v in self.elements)
+            return f"add element {T} {self.name} {{ {body} }}"
+        return f"{self.verb} {T} {self.name}"
+
+    def into(self, batch: Batch) -> None:
+        if self.verb == "add set":
+            batch.add_affinity_set(self.name, self.timeout)
+        elif self.verb == "add chain":
+            batch.add_chain(self.name)
+        elif self.verb == "flush chain":
+            batch.flush_chain(self.name)
+        elif self.verb == "add rule":
+            batch.add_rule(self.name, self.rule)
+        elif self.verb == "delete element":
+            batch.delete_elements(self.name, [k for k, _ in self.elements])
+        elif self.verb == "add element":
+            batch.add_elements(self.name, dict(self.elements))
+        elif self.verb == "delete chain":
+            batch.delete_chain(self.name)
+        elif self.verb == "delete set":
+            batch.delete_set(self.name)
+        else:
+            raise ValueError(self.verb)
 
 
 @dataclass(frozen=True)
@@ -297,41 +349,44 @@ class NftablesProxier(Proxier):
         return "\n".join(lines) + "\n"
 
     @staticmethod
-    def delta_script(old: NftRuleset, new: NftRuleset) -> str:
-        """Only what changed from `old` to `new`, in an order nft accepts in one transaction:
-        new sets and chains, rewritten chains, map elements, then stale chains and sets."""
-        out: list[str] = []
+    def delta(old: NftRuleset, new: NftRuleset) -> list[NftChange]:
+        """Only what changed from `old` to `new`, in an order the kernel accepts in one
+        transaction: new sets and chains, rewritten chains, map elements, then stale chains
+        and sets."""
+        out: list[NftChange] = []
         for name, timeout in sorted(new.affinity_sets.items()):
             if name not in old.affinity_sets:
-                out.append(
-                    f"add set {T} {name} {{ type ipv4_addr; flags dynamic,timeout; "
-                    f"timeout {timeout}s; }}"
-                )
+                out.append(NftChange("add set", name, timeout=timeout))
         # every new chain exists before any rule may jump to it
-        out += [f"add chain {T} {name}" for name in new.chains if name not in old.chains]
+        out += [NftChange("add chain", name) for name in new.chains if name not in old.chains]
         for name, rules in new.chains.items():
             if name in old.chains:
                 if old.chains[name] == rules:
                     continue
-                out.append(f"flush chain {T} {name}")
-            out += [f"add rule {T} {name} {r}" for r in rules]
+                out.append(NftChange("flush chain", name))
+            out += [NftChange("add rule", name, rule=r) for r in rules]
         for map_name, elements in new.elements.items():
             before = old.elements.get(map_name, {})
-            gone = [k for k, v in before.items() if elements.get(k) != v]
+            gone = tuple((k, v) for k, v in before.items() if elements.get(k) != v)
             if gone:
-                keys = ", ".join(k.split(" comment ")[0] for k in gone)
-                out.append(f"delete element {T} {map_name} {{ {keys} }}")
-            added = {k: v for k, v in elements.items() if before.get(k) != v}
+                out.append(NftChange("delete element", map_name, elements=gone))
+            added = tuple((k, v) for k, v in elements.items() if before.get(k) != v)
             if added:
-                body = ", ".join(f"{k} : {v}" for k, v in added.items())
-                out.append(f"add element {T} {map_name} {{ {body} }}")
+                out.append(NftChange("add element", map_name, elements=added))
         stale = [name for name in old.chains if name not in new.chains]
-        out += [f"flush chain {T} {name}" for name in stale]
-        out += [f"delete chain {T} {name}" for name in stale]
+        out += [NftChange("flush chain", name) for name in stale]
+        out += [NftChange("delete chain", name) for name in stale]
         out += [
-            f"delete set {T} {name}" for name in old.affinity_sets if name not in new.affinity_sets
+            NftChange("delete set", name)
+            for name in old.affinity_sets
+            if name not in new.affinity_sets
         ]
-        return "\n".join(out) + ("\n" if out else "")
+        return out
+
+    @classmethod
+    def delta_script(cls, old: NftRuleset, new: NftRuleset) -> str:
+        """The delta as an `nft -f` script."""
+        return "".join(change.text() + "\n" for change in cls.delta(old, new))
 
     def render(self, services: list[ServiceState], ctx: ProxierContext) -> str:
         return self.full_script(self.ruleset(services, ctx))
@@ -351,6 +406,7 @@ class NftablesProxier(Proxier):
                 new[state.service.key] = previous
             else:
                 new[state.service.key] = _Fragment(state, self.fragment(state, ctx))
+        changes: list[NftChange] | None = None
         if old is None:
             whole = self.base()
             for fragment in new.values():
@@ -364,9 +420,18 @@ class NftablesProxier(Proxier):
                         before.merge(old[key].rules)
                     if key in new:
                         after.merge(new[key].rules)
-            text = self.delta_script(before, after)
+            changes = self.delta(before, after)
+            text = "".join(change.text() + "\n" for change in changes)
         started = time.perf_counter()
-        self.apply(runner, text)
+        sock = runner.netlink(NETLINK_NETFILTER) if changes is not None else None
+        if changes is not None and sock is not None:
+            # reachable over netlink: one batch, without nft's cache dump
+            batch = Batch(n.NFT_TABLE)
+            for change in changes:
+                change.into(batch)
+            batch.send(sock, runner.name)
+        else:
+            self.apply(runner, text)
         self.last_apply_seconds = time.perf_counter() - started
         self._applied[ctx.node] = new
         return text
