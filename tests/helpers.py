@@ -73,18 +73,29 @@ class Point:
     sig: signal.Signals
     delay: float
     after_kill: str  # SIGKILL only: what cleans up: the next "up" (then down) or "down"
+    fraction: bool = False  # delay is a share of the run's measured length, not seconds
 
     @property
     def id(self) -> str:
         then = f"-then-{self.after_kill}" if self.sig == signal.SIGKILL else ""
-        return f"{self.index:02d}-{self.sig.name}-{self.delay:.2f}s{then}"
+        at = f"{self.delay:.0%}" if self.fraction else f"{self.delay:.2f}s"
+        return f"{self.index:02d}-{self.sig.name}-{at}{then}"
+
+    def seconds(self, run_length: float | None = None) -> float:
+        if self.fraction:
+            assert run_length is not None, "a fractional point needs the run's length"
+            return self.delay * run_length
+        return self.delay
 
 
-def interrupt_at(proc: subprocess.Popen[bytes], point: Point, log: Path) -> None:
+def interrupt_at(
+    proc: subprocess.Popen[bytes], point: Point, log: Path, run_length: float | None = None
+) -> None:
     """Wait until the point's delay, then send its signal: SIGINT to the whole process
     group (a terminal's Ctrl-C), any other to kubelab alone."""
-    time.sleep(point.delay)
-    assert proc.poll() is None, f"the run ended before {point.delay}s: {log.read_text()[-1500:]}"
+    delay = point.seconds(run_length)
+    time.sleep(delay)
+    assert proc.poll() is None, f"the run ended before {delay:.2f}s: {log.read_text()[-1500:]}"
     if point.sig == signal.SIGINT:
         os.killpg(proc.pid, signal.SIGINT)
     else:
@@ -92,9 +103,14 @@ def interrupt_at(proc: subprocess.Popen[bytes], point: Point, log: Path) -> None
 
 
 def interruption_points(
-    seed: int, count: int, signals: tuple[signal.Signals, ...], window: tuple[float, float]
+    seed: int,
+    count: int,
+    signals: tuple[signal.Signals, ...],
+    window: tuple[float, float],
+    fraction: bool = False,
 ) -> list[Point]:
-    """`count` points: each signal about as often, delays uniform over `window` seconds."""
+    """`count` points: each signal about as often, delays uniform over `window` (seconds,
+    or shares of the run's measured length when `fraction`)."""
     rng = random.Random(seed)
     sigs = [signals[i % len(signals)] for i in range(count)]
     rng.shuffle(sigs)
@@ -103,7 +119,7 @@ def interruption_points(
         after = ""
         if sig == signal.SIGKILL:
             after, kills = ("up" if kills % 2 == 0 else "down"), kills + 1
-        points.append(Point(i, sig, round(rng.uniform(*window), 2), after))
+        points.append(Point(i, sig, round(rng.uniform(*window), 2), after, fraction))
     return points
 
 
