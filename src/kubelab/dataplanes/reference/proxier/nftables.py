@@ -386,7 +386,11 @@ class NftablesProxier(Proxier):
     @classmethod
     def delta_script(cls, old: NftRuleset, new: NftRuleset) -> str:
         """The delta as an `nft -f` script."""
-        return "".join(change.text() + "\n" for change in cls.delta(old, new))
+        return cls._script(cls.delta(old, new))
+
+    @staticmethod
+    def _script(changes: list[NftChange]) -> str:
+        return "".join(change.text() + "\n" for change in changes)
 
     def render(self, services: list[ServiceState], ctx: ProxierContext) -> str:
         return self.full_script(self.ruleset(services, ctx))
@@ -421,11 +425,11 @@ class NftablesProxier(Proxier):
                     if key in new:
                         after.merge(new[key].rules)
             changes = self.delta(before, after)
-            text = "".join(change.text() + "\n" for change in changes)
+            text = self._script(changes)
         started = time.perf_counter()
-        sock = runner.netlink(NETLINK_NETFILTER) if changes is not None else None
-        if changes is not None and sock is not None:
-            # reachable over netlink: one batch, without nft's cache dump
+        sock = runner.netlink(NETLINK_NETFILTER) if changes else None
+        if changes and sock is not None:
+            # a delta to a node reachable over netlink: one batch, without nft's cache dump
             batch = Batch(n.NFT_TABLE)
             for change in changes:
                 change.into(batch)
