@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import signal
@@ -15,6 +16,7 @@ from typing import Any
 
 from conftest import ROOT, leftovers, vm_leftovers
 from kubelab.lab import Lab
+from kubelab.model import Endpoint, Service, ServicePort, ServiceState
 from kubelab.traffic import inline
 
 
@@ -155,3 +157,56 @@ def private_tmp(folder: Path) -> dict[str, str]:
     and its tools leave as temporary files stays in there, to be counted."""
     folder.mkdir(parents=True, exist_ok=True)
     return {**os.environ, "TMPDIR": str(folder)}
+
+
+IP = ipaddress.IPv4Address
+
+
+def upstream_services() -> list[ServiceState]:
+    """The six Services of kube-proxy's TestOverallNFTablesRules and
+    TestOverallIPTablesRules (tests/data/dumps/SOURCES.md), in kubelab's model, seen from
+    node `test-node`; svc5's health-check port is left out, as kube-proxy ignores it under
+    policy Cluster."""
+
+    def svc(name: str, ip: str, kind: str, node_port: int | None = None, **more: Any) -> Service:
+        port = ServicePort("p80", "TCP", 80, 80, node_port)
+        return Service(name.replace("svc", "ns"), name, kind, IP(ip), (port,), name, **more)  # type: ignore[arg-type]
+
+    def eps(*addresses: str, node: str = "") -> tuple[Endpoint, ...]:
+        return tuple(Endpoint(IP(a), 80, node, f"p-{a}") for a in addresses)
+
+    net = ipaddress.IPv4Network
+    return [
+        ServiceState(svc("svc1", "172.30.0.41", "ClusterIP"), eps("10.180.0.1")),
+        ServiceState(
+            svc(
+                "svc2",
+                "172.30.0.42",
+                "LoadBalancer",
+                3001,
+                external_traffic_policy="Local",
+                external_ips=(IP("192.168.99.22"),),
+                load_balancer_ips=(IP("1.2.3.4"),),
+                health_check_node_port=30000,
+            ),
+            eps("10.180.0.2"),
+        ),
+        ServiceState(svc("svc3", "172.30.0.43", "NodePort", 3003), eps("10.180.0.3")),
+        ServiceState(
+            svc("svc4", "172.30.0.44", "NodePort", external_ips=(IP("192.168.99.33"),)),
+            eps("10.180.0.4") + eps("10.180.0.5", node="test-node"),
+        ),
+        ServiceState(
+            svc(
+                "svc5",
+                "172.30.0.45",
+                "LoadBalancer",
+                3002,
+                load_balancer_ips=(IP("5.6.7.8"),),
+                load_balancer_source_ranges=(net("203.0.113.0/25"),),
+                session_affinity="ClientIP",
+            ),
+            eps("10.180.0.3"),
+        ),
+        ServiceState(svc("svc6", "172.30.0.46", "ClusterIP"), ()),
+    ]

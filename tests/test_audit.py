@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from conftest import DATA, ROOT
 from kubelab.rules.audit import AuditInputError, audit, detect
 from kubelab.rules.expected import diff_tables, expected_table
-from kubelab.rules.table import ForwardingTable
+from kubelab.rules.table import KINDS, ForwardingTable
 
 DUMPS = DATA / "dumps"
 FIELDS = (
@@ -28,6 +29,9 @@ FIELDS = (
     "masquerade_offcluster",
     "local_only",
     "no_endpoints",
+    "short_circuit_sources",
+    "short_circuit_endpoints",
+    "source_ranges",
 )
 
 
@@ -48,6 +52,9 @@ def fe(kind: str, vip: str | None, port: int, protocol: str = "tcp", **more: Any
         "masquerade_offcluster": False,
         "local_only": False,
         "no_endpoints": None,
+        "short_circuit_sources": [],
+        "short_circuit_endpoints": [],
+        "source_ranges": [],
     }
     return base | more
 
@@ -109,8 +116,111 @@ def test_truncated_dump_names_the_undefined_chains() -> None:
 
 def test_1_26_local_nodeport_without_local_endpoints() -> None:
     table = audit((DUMPS / "k8s-1.26-kind-local-nodeport.iptables-save").read_text())
+    # an excerpt: the short-circuit sources are there, the cluster-wide chain is not
     assert rows(table) == [
-        fe("nodeport", None, 31964, service="default/nodeport-service", local_only=True)
+        fe(
+            "nodeport",
+            None,
+            31964,
+            service="default/nodeport-service",
+            local_only=True,
+            short_circuit_sources=["10.244.0.0/16", "node"],
+        )
+    ]
+    assert table.warnings == [
+        "nodeport tcp :31964 (default/nodeport-service): jumps to KUBE-SVC-QATUYZLPU4I4HE4S, "
+        "which the dump never defines (from chain KUBE-EXT-QATUYZLPU4I4HE4S)"
+    ]
+
+
+def upstream_overall(external: str, lb_local: str, probabilities: list[str]) -> list[dict]:
+    """The table of kube-proxy's own TestOverallNFTablesRules / TestOverallIPTablesRules
+    Services: svc1 ClusterIP, svc2 LoadBalancer + external IP with policy Local and no
+    local endpoint, svc3 NodePort, svc4 NodePort + external IP with two endpoints, svc5
+    LoadBalancer with loadBalancerSourceRanges and affinity, svc6 without endpoints.
+    `external` and `lb_local` are the kinds the dump can show for svc2's addresses."""
+    masq = {"masquerade_offcluster": True}
+    local_drop = {
+        "local_only": True,
+        "no_endpoints": "drop",
+        "short_circuit_sources": ["10.0.0.0/8", "node"],
+        "short_circuit_endpoints": ["10.180.0.2:80"],
+    }
+    svc4 = {"endpoints": ["10.180.0.4:80", "10.180.0.5:80"], "probabilities": probabilities}
+    svc5 = {"endpoints": ["10.180.0.3:80"], "affinity_seconds": 10800} | masq
+    one = {"service": "ns1/svc1:p80", "endpoints": ["10.180.0.1:80"]}
+    two = {"service": "ns2/svc2:p80"}
+    three = {"service": "ns3/svc3:p80", "endpoints": ["10.180.0.3:80"]} | masq
+    four, five = {"service": "ns4/svc4:p80"} | svc4 | masq, {"service": "ns5/svc5:p80"} | svc5
+    table = [
+        fe("clusterip", "172.30.0.41", 80, **one, **masq),
+        fe("clusterip", "172.30.0.42", 80, **two, endpoints=["10.180.0.2:80"], **masq),
+        fe("clusterip", "172.30.0.43", 80, **three),
+        fe("clusterip", "172.30.0.44", 80, **four),
+        fe("clusterip", "172.30.0.45", 80, **five),
+        fe("clusterip", "172.30.0.46", 80, service="ns6/svc6:p80", no_endpoints="reject"),
+        fe("nodeport", None, 3001, **two, **local_drop),
+        fe("nodeport", None, 3002, **five),
+        fe("nodeport", None, 3003, **three),
+        fe(external, "192.168.99.22", 80, **two, **local_drop),
+        fe(external, "192.168.99.33", 80, **four),
+        fe(lb_local, "1.2.3.4", 80, **two, **local_drop),
+        fe("loadbalancer", "5.6.7.8", 80, **five, source_ranges=["203.0.113.0/25"]),
+    ]
+    return sorted(table, key=lambda f: (KINDS.index(f["kind"]), ip_address(f["vip"] or "0.0.0.0")))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "upstream-1.36-overall.nft.txt",
+        "upstream-1.36-overall.nft.json",
+        "upstream-1.31-overall.nft.txt",
+        "upstream-1.31-overall.nft.json",
+    ],
+)
+def test_kube_proxys_own_nftables_layouts_whole_table(name: str) -> None:
+    """LoadBalancer IPs with source ranges are told from the others by `firewall-ips`;
+    the rest of the external addresses cannot be, so they are "external"; cluster IPs
+    without endpoints come from the `cluster-ips` set; policy Local without a local
+    endpoint drops external sources and short-circuits pods and the node."""
+    table = audit((DUMPS / name).read_text())
+    assert rows(table) == upstream_overall("external", "external", [])
+    assert table.warnings == []
+
+
+def test_kube_proxys_own_iptables_layout_whole_table() -> None:
+    """iptables names every address's kind in its comments; a "has no local endpoints"
+    DROP joins the frontend of its address (no invented externalip), and KUBE-FW- gives
+    the source ranges (KUBE-PROXY-FIREWALL's DROP is not a frontend)."""
+    table = audit((DUMPS / "upstream-overall.iptables-save").read_text())
+    assert rows(table) == upstream_overall("externalip", "loadbalancer", ["0.50000000000"])
+    assert table.warnings == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "upstream-overall.iptables-save",
+        "upstream-1.36-overall.nft.json",
+        "upstream-1.31-overall.nft.txt",
+    ],
+)
+def test_expected_table_of_kube_proxys_own_services_matches_their_dumps(name: str) -> None:
+    """`--expect` from the Services and EndpointSlices behind those dumps: no difference,
+    in either mode's way of naming external addresses."""
+    doc = json.loads((DATA / "objects-upstream-overall.json").read_text())
+    actual = audit((DUMPS / name).read_text())
+    assert diff_tables(expected_table(doc, "test-node", actual.mode), actual) == []
+
+
+def test_a_changed_source_range_is_one_difference() -> None:
+    doc = json.loads((DATA / "objects-upstream-overall.json").read_text())
+    text = (DUMPS / "upstream-overall.iptables-save").read_text()
+    actual = audit(text.replace("-s 203.0.113.0/25", "-s 203.0.113.0/24"))
+    assert diff_tables(expected_table(doc, "test-node", "iptables"), actual) == [
+        "loadbalancer tcp 5.6.7.8:80 (ns5/svc5:p80): loadBalancerSourceRanges 203.0.113.0/24 "
+        "in the rules, expected 203.0.113.0/25"
     ]
 
 
@@ -141,6 +251,8 @@ def test_lab_iptables_dump_1_31_layout() -> None:
             endpoints=["10.244.2.2:8080", "10.244.2.3:8080"],
             probabilities=["0.50000000000"],
             local_only=True,
+            short_circuit_sources=["10.244.0.0/16", "node"],
+            short_circuit_endpoints=eps,
         ),
     ]
 
@@ -177,6 +289,8 @@ def test_lab_nftables_dump_text_and_json_read_the_same(name: str) -> None:
             endpoints=["10.244.1.2:8080", "10.244.1.4:8080"],
             affinity_seconds=10800,
             local_only=True,
+            short_circuit_sources=["10.244.0.0/16", "node"],
+            short_circuit_endpoints=three,
         ),
         fe("nodeport", None, 30101, service="default/empty:http", no_endpoints="reject"),
         fe(

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import subprocess
 import textwrap
+from pathlib import Path
 
+import pytest
+
+from helpers import upstream_services
 from kubelab import naming
 from kubelab.dataplanes.reference.proxier import IptablesProxier, ProxierContext
 from kubelab.model import Endpoint, Service, ServicePort, ServiceState
@@ -194,3 +199,47 @@ def test_rules_shared_between_nodes_match_each_nodes_own_render() -> None:
     one = ProxierContext(node="node1", cluster_cidr=CTX.cluster_cidr)
     two = ProxierContext(node="node2", cluster_cidr=CTX.cluster_cidr)
     assert shared.render([local], one) != shared.render([local], two)  # Local differs
+
+
+# where kube-proxy's TestOverallIPTablesRules and the lab differ on purpose: the lab writes
+# no localhost NodePorts (kube-proxy's route_localnet rules and their KUBE-FIREWALL guard),
+# counts no drops with nfacct, and masquerades --random-fully as kube-proxy does where
+# iptables has it (the test's fake iptables has not)
+LOCALHOST_NODEPORTS = re.compile(r"127\.0\.0\.0/8")
+UNCOUNTED = (re.compile(r"-m nfacct --nfacct-name +\S+ "), re.compile(r" --random-fully"))
+
+
+@pytest.mark.root
+def test_the_lab_writes_what_kube_proxys_own_test_expects() -> None:
+    """The proxier's rules for the Services of TestOverallIPTablesRules, loaded into a
+    scratch namespace and saved, equal the test's expected rules (saved the same way),
+    rule by rule, but for the differences on purpose named above."""
+    ctx = ProxierContext(
+        "test-node",
+        ipaddress.IPv4Network("10.0.0.0/8"),
+        service_cidr=ipaddress.IPv4Network("172.30.0.0/16"),
+    )
+    text = IptablesProxier(node_ips={"test-node": "192.168.0.2"}).render(upstream_services(), ctx)
+    name = "kl-kltest-iptscratch"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "iptables-restore"], input=text, text=True,
+                       check=True)  # fmt: skip
+        saved = subprocess.run(["ip", "netns", "exec", name, "iptables-save"], text=True,
+                               capture_output=True, check=True).stdout  # fmt: skip
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=True)
+    theirs = (
+        Path(__file__).parent / "data" / "dumps" / "upstream-overall.iptables-save"
+    ).read_text()
+
+    def kube_rules(dump: str) -> list[str]:
+        out = []
+        for line in dump.splitlines():
+            if line.startswith("-A KUBE-") and not LOCALHOST_NODEPORTS.search(line):
+                for pattern in UNCOUNTED:
+                    line = pattern.sub("", line)
+                out.append(line)
+        return sorted(out)
+
+    assert kube_rules(saved) == kube_rules(theirs)

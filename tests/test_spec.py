@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +26,33 @@ def test_default_lab_loads() -> None:
     assert str(spec.network.pod_cidr) == "10.244.0.0/16"
     assert str(spec.network.service_cidr) == "10.96.0.0/12"
     assert spec.services[0].ports[0].node_port == 30080
+
+
+def test_load_balancer_ips_come_from_the_pool_in_order() -> None:
+    from kubelab.dataplanes.reference.cluster import ClusterState
+    from kubelab.inventory import Inventory
+    from kubelab.substrates.base import planned_inventory
+    from kubelab.topology import Topology
+
+    lb = ECHO | {"type": "LoadBalancer"}
+    spec = parse_spec(
+        local_spec_data(
+            services=[
+                lb | {"name": "a", "load_balancer_ip": "192.168.56.225"},
+                lb | {"name": "b", "ports": [ECHO["ports"][0] | {"node_port": 30081}]},
+            ]
+        ),
+        "lb.yaml",
+    )
+    assert spec.network.lb_pool == ipaddress.IPv4Network("192.168.56.224/28")
+    inventory: Inventory = planned_inventory(spec)
+    cluster = ClusterState(spec, Topology(spec, inventory))
+    ips = {k: [str(ip) for ip in s.load_balancer_ips] for k, s in cluster.services.items()}
+    assert ips == {"default/a": ["192.168.56.225"], "default/b": ["192.168.56.226"]}
+    b = next(o for o in cluster.objects()["items"] if o["metadata"]["name"] == "b")
+    assert b["kind"] == "Service" and b["status"] == {
+        "loadBalancer": {"ingress": [{"ip": "192.168.56.226", "ipMode": "VIP"}]}
+    }
 
 
 def test_digest_is_stable_and_sensitive() -> None:
@@ -204,6 +233,37 @@ BAD = {
     "a Vagrant lab with an overlapping management network": (
         local_spec_data(substrate={"kind": "vagrant", "management_cidr": "not-a-cidr"}),
         "substrate.management_cidr: ",
+    ),
+    "an external IP off the node network": (
+        _with(["services", 0, "external_ips"], ["203.0.113.7"]),
+        "services[0].external_ips[0]: 203.0.113.7 is not a free address of the node network",
+    ),
+    "an external IP that is a node's address": (
+        _with(["services", 0, "external_ips"], ["192.168.56.11"]),
+        "services[0].external_ips[0]: 192.168.56.11 is not a free address",
+    ),
+    "a LoadBalancer IP outside the pool": (
+        local_spec_data(
+            services=[ECHO | {"type": "LoadBalancer", "load_balancer_ip": "192.168.56.100"}]
+        ),
+        "services[0].load_balancer_ip: 192.168.56.100 is outside network.load_balancer_pool",
+    ),
+    "source ranges on a NodePort": (
+        _with(["services", 0, "load_balancer_source_ranges"], ["10.0.0.0/8"]),
+        "load_balancer_ip and load_balancer_source_ranges need type LoadBalancer",
+    ),
+    "a LoadBalancer pool off the node network": (
+        _with(["network", "load_balancer_pool"], "10.50.0.0/28"),
+        "load_balancer_pool 10.50.0.0/28 is outside node_cidr 192.168.56.0/24",
+    ),
+    "policy Local on a ClusterIP Service": (
+        local_spec_data(
+            services=[
+                {k: v for k, v in ECHO.items() if k != "type"}
+                | {"external_traffic_policy": "Local", "ports": [{"port": 80, "target_port": 8080}]}
+            ]
+        ),
+        "external_traffic_policy Local needs type NodePort or LoadBalancer",
     ),
     "existing hosts without an inventory file": (
         local_spec_data(substrate={"kind": "existing", "inventory": "no-such.ini"}),

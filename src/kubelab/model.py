@@ -45,7 +45,7 @@ class ServicePort:
 class Service:
     namespace: str
     name: str
-    type: Literal["ClusterIP", "NodePort"]
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"]
     cluster_ip: ipaddress.IPv4Address | None  # None: headless
     ports: tuple[ServicePort, ...]
     workload: str
@@ -54,6 +54,10 @@ class Service:
     session_affinity: Literal["None", "ClientIP"] = "None"
     session_affinity_timeout_s: int = 10800
     health_check_node_port: int | None = None
+    external_ips: tuple[ipaddress.IPv4Address, ...] = ()
+    # status.loadBalancer.ingress: what the lab's pool assigned, as MetalLB would
+    load_balancer_ips: tuple[ipaddress.IPv4Address, ...] = ()
+    load_balancer_source_ranges: tuple[ipaddress.IPv4Network, ...] = ()
 
     @property
     def key(self) -> str:
@@ -64,8 +68,24 @@ class Service:
         return self.cluster_ip is None
 
     @property
+    def externally_accessible(self) -> bool:
+        """kube-proxy's ExternallyAccessible: a NodePort, an external IP or a LoadBalancer IP."""
+        return (
+            self.type in ("NodePort", "LoadBalancer")
+            or bool(self.external_ips)
+            or bool(self.load_balancer_ips)
+        )
+
+    @property
     def external_local(self) -> bool:
-        return self.type == "NodePort" and self.external_traffic_policy == "Local"
+        return self.externally_accessible and self.external_traffic_policy == "Local"
+
+    @property
+    def external_addresses(self) -> tuple[tuple[str, ipaddress.IPv4Address], ...]:
+        """("externalip" | "loadbalancer", address) for every external address."""
+        return tuple(("externalip", ip) for ip in self.external_ips) + tuple(
+            ("loadbalancer", ip) for ip in self.load_balancer_ips
+        )
 
     @property
     def uses_local_endpoints(self) -> bool:
@@ -150,7 +170,7 @@ def categorize(service: Service, endpoints: tuple[Endpoint, ...], node: str) -> 
     # Cluster endpoints are needed for internal policy Cluster, and for any externally
     # reachable Service: even under external policy Local, pod and node traffic
     # short-circuits to them.
-    uses_cluster = service.internal_traffic_policy != "Local" or service.type == "NodePort"
+    uses_cluster = service.internal_traffic_policy != "Local" or service.externally_accessible
     uses_local = service.uses_local_endpoints
     cluster = _usable(endpoints) if uses_cluster else ()
     local = _usable(tuple(e for e in endpoints if e.node == node)) if uses_local else ()
@@ -167,7 +187,13 @@ def categorize(service: Service, endpoints: tuple[Endpoint, ...], node: str) -> 
     )
 
 
-def service_from_spec(spec: ServiceSpec, index: int, lab: LabSpec, taken: set[int]) -> Service:
+def service_from_spec(
+    spec: ServiceSpec,
+    index: int,
+    lab: LabSpec,
+    taken: set[int],
+    load_balancer_ips: tuple[ipaddress.IPv4Address, ...] = (),
+) -> Service:
     if spec.cluster_ip == "None":
         cluster_ip = None
     elif spec.cluster_ip is not None:
@@ -175,7 +201,11 @@ def service_from_spec(spec: ServiceSpec, index: int, lab: LabSpec, taken: set[in
     else:
         cluster_ip = lab.network.service_cidr.network_address + 10 + index
     health = spec.health_check_node_port
-    if health is None and spec.type == "NodePort" and spec.external_traffic_policy == "Local":
+    if (
+        health is None
+        and spec.type in ("NodePort", "LoadBalancer")
+        and spec.external_traffic_policy == "Local"
+    ):
         health = allocate_node_port(taken)
     return Service(
         namespace=spec.namespace,
@@ -191,6 +221,9 @@ def service_from_spec(spec: ServiceSpec, index: int, lab: LabSpec, taken: set[in
         session_affinity=spec.session_affinity,
         session_affinity_timeout_s=spec.session_affinity_timeout_s,
         health_check_node_port=health,
+        external_ips=tuple(spec.external_ips),
+        load_balancer_ips=load_balancer_ips,
+        load_balancer_source_ranges=tuple(spec.load_balancer_source_ranges),
     )
 
 

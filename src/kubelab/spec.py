@@ -34,6 +34,7 @@ from kubelab.spec_common import (
     SubstrateOptions,
     WorkloadSpec,
 )
+from kubelab.substrates.base import planned_inventory
 from kubelab.substrates.registry import SUBSTRATES
 
 NAME_PATTERN = r"^[a-z][a-z0-9]*$"
@@ -139,6 +140,9 @@ class LabSpec(StrictModel):
                     f"use some of {_shown(sorted(node_names))}"
                 )
         node_ports: dict[int, str] = {}
+        external_owner: dict[ipaddress.IPv4Address, str] = {}
+        if any(s.type == "LoadBalancer" for s in self.services):
+            self._check_pool()
         seen_services: set[str] = set()
         for i, svc in enumerate(self.services):
             key = f"{svc.namespace}/{svc.name}"
@@ -160,6 +164,7 @@ class LabSpec(StrictModel):
                     f"services[{i}].cluster_ip: {svc.cluster_ip} is outside "
                     f"service_cidr {net.service_cidr}; pick an address inside it"
                 )
+            self.check_external_addresses(f"services[{i}]", svc, external_owner)
             ports = [(f"services[{i}].ports[{j}].node_port", p.node_port) for j, p in
                      enumerate(svc.ports)] + [(f"services[{i}].health_check_node_port",
                                                svc.health_check_node_port)]  # fmt: skip
@@ -175,6 +180,44 @@ class LabSpec(StrictModel):
                     " as its health-check port" if "health" in path else " as a NodePort"
                 )
         return self
+
+    def _check_pool(self) -> None:
+        pool = self.network.lb_pool
+        taken = sorted(m.ip for m in planned_inventory(self).members() if m.ip in pool)
+        if pool.num_addresses < 2 or taken:
+            raise ValueError(
+                f"network.load_balancer_pool: {pool} has no room for LoadBalancer IPs"
+                + (f" ({', '.join(map(str, taken))} are lab members)" if taken else "")
+                + "; set a free range of the node network, such as a /28 inside "
+                f"{self.network.node_cidr}"
+            )
+
+    def check_external_addresses(
+        self, where: str, svc: ServiceSpec, owner: dict[ipaddress.IPv4Address, str]
+    ) -> None:
+        """External IPs and LoadBalancer IPs are addresses the lab routes on its own node
+        network: inside node_cidr, not a member's, each used by one Service (`owner`:
+        address -> who has it, filled in as Services are checked)."""
+        net = self.network
+        members = {m.ip for m in planned_inventory(self).members()}
+        pool = net.lb_pool
+        wanted = [(f"{where}.external_ips[{j}]", ip) for j, ip in enumerate(svc.external_ips)]
+        if svc.load_balancer_ip is not None:
+            wanted.append((f"{where}.load_balancer_ip", svc.load_balancer_ip))
+        for path, ip in wanted:
+            if ip not in net.node_cidr or ip in members:
+                raise ValueError(
+                    f"{path}: {ip} is not a free address of the node network {net.node_cidr}; "
+                    "the lab routes only its own: pick an unused one of it"
+                )
+            if path.endswith("load_balancer_ip") and ip not in pool:
+                raise ValueError(
+                    f"{path}: {ip} is outside network.load_balancer_pool {pool}; pick one "
+                    "inside it or set the pool"
+                )
+            if ip in owner:
+                raise ValueError(f"{path}: {ip} is already {owner[ip]}; give each its own")
+            owner[ip] = f"used by {where}"
 
     @property
     def lab_id(self) -> str:

@@ -59,6 +59,23 @@ class NetworkSpec(StrictModel):
     pod_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.244.0.0/16")
     node_pod_prefix: int = Field(24, ge=8, le=30)
     service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.96.0.0/12")
+    # LoadBalancer IPs, handed out on the node network as MetalLB's L2 mode does; default:
+    # the /28 below the one holding the client (192.168.56.224/28 for a /24)
+    load_balancer_pool: ipaddress.IPv4Network | None = None
+
+    @property
+    def lb_pool(self) -> ipaddress.IPv4Network:
+        if self.load_balancer_pool is not None:
+            return self.load_balancer_pool
+        if self.node_cidr.prefixlen > 26:
+            return ipaddress.IPv4Network(f"{self.node_cidr.network_address}/32")  # no room
+        last = list(self.node_cidr.subnets(new_prefix=28))[-2]
+        return last
+
+    @field_validator("load_balancer_pool", mode="before")
+    @classmethod
+    def _lb_pool(cls, v: Any) -> ipaddress.IPv4Network | None:
+        return None if v is None else _parse_network(v, "192.168.56.224/28")
 
     @field_validator("node_cidr", mode="before")
     @classmethod
@@ -89,6 +106,14 @@ class NetworkSpec(StrictModel):
                         f"{name_a} {a} overlaps {name_b} {b}; give each a separate range "
                         "(for example 192.168.56.0/24, 10.244.0.0/16, 10.96.0.0/12)"
                     )
+        if self.load_balancer_pool is not None and not self.load_balancer_pool.subnet_of(
+            self.node_cidr
+        ):
+            raise ValueError(
+                f"load_balancer_pool {self.load_balancer_pool} is outside node_cidr "
+                f"{self.node_cidr}; LoadBalancer IPs live on the node network (for example "
+                f"{list(self.node_cidr.subnets(new_prefix=max(self.node_cidr.prefixlen, 28)))[-1]})"
+            )
         if self.node_pod_prefix <= self.pod_cidr.prefixlen:
             raise ValueError(
                 f"node_pod_prefix /{self.node_pod_prefix} must be longer than pod_cidr "
@@ -156,8 +181,13 @@ class ServiceSpec(StrictModel):
     name: str = Field(pattern=DNS_LABEL)
     namespace: str = Field("default", pattern=DNS_LABEL)
     workload: str
-    type: Literal["ClusterIP", "NodePort"] = "ClusterIP"
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
     cluster_ip: ipaddress.IPv4Address | Literal["None"] | None = None  # "None" = headless
+    # addresses on the node network that the lab routes to a node (spec.externalIPs)
+    external_ips: list[ipaddress.IPv4Address] = Field(default_factory=list)
+    # type LoadBalancer: default, the next free address of network.load_balancer_pool
+    load_balancer_ip: ipaddress.IPv4Address | None = None
+    load_balancer_source_ranges: list[ipaddress.IPv4Network] = Field(default_factory=list)
     external_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
     internal_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
     session_affinity: Literal["None", "ClientIP"] = "None"
@@ -175,20 +205,34 @@ class ServiceSpec(StrictModel):
         if len(self.ports) > 1 and any(p.name is None for p in self.ports):
             raise ValueError("a Service with several ports must name each port (ports[].name)")
         for p in self.ports:
-            if self.type == "NodePort" and p.node_port is None:
+            if self.type != "ClusterIP" and p.node_port is None:
                 raise ValueError(
-                    f"port {p.port} needs node_port for type NodePort; "
+                    f"port {p.port} needs node_port for type {self.type}; "
                     f"pick one from {NODE_PORT_RANGE[0]} to {NODE_PORT_RANGE[1]}"
                 )
             if self.type == "ClusterIP" and p.node_port is not None:
                 raise ValueError("node_port is set but type is ClusterIP; use type: NodePort")
-        if self.cluster_ip == "None" and self.type != "ClusterIP":
-            raise ValueError("a headless Service (cluster_ip: None) must be type ClusterIP")
-        if self.health_check_node_port is not None and not (
-            self.type == "NodePort" and self.external_traffic_policy == "Local"
+        if self.cluster_ip == "None" and (self.type != "ClusterIP" or self.external_ips):
+            raise ValueError(
+                "a headless Service (cluster_ip: None) must be type ClusterIP without external_ips"
+            )
+        if self.type != "LoadBalancer" and (
+            self.load_balancer_ip is not None or self.load_balancer_source_ranges
         ):
             raise ValueError(
-                "health_check_node_port needs type NodePort with "
+                "load_balancer_ip and load_balancer_source_ranges need type LoadBalancer; "
+                "set type: LoadBalancer or remove them"
+            )
+        if self.external_traffic_policy == "Local" and self.type == "ClusterIP":
+            raise ValueError(
+                "external_traffic_policy Local needs type NodePort or LoadBalancer (as the "
+                "API server requires); change the type or use Cluster"
+            )
+        if self.health_check_node_port is not None and not (
+            self.type != "ClusterIP" and self.external_traffic_policy == "Local"
+        ):
+            raise ValueError(
+                "health_check_node_port needs type NodePort or LoadBalancer with "
                 "external_traffic_policy Local; remove it"
             )
         return self

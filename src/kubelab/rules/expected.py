@@ -36,6 +36,23 @@ def _services_and_slices(doc: Any) -> tuple[list[dict[str, Any]], list[dict[str,
     return services, slices
 
 
+def source_ranges_of(obj: dict[str, Any]) -> list[str]:
+    """spec.loadBalancerSourceRanges, as kube-proxy reads them (whitespace trimmed)."""
+    ranges = (obj.get("spec") or {}).get("loadBalancerSourceRanges") or []
+    return [str(ipaddress.IPv4Network(r.strip(), strict=False)) for r in ranges]
+
+
+def external_kind(mode: str, kind: str, source_ranges: list[str]) -> str:
+    """The kind a dump of `mode` shows for an external IP or LoadBalancer IP: nftables
+    marks only LoadBalancer IPs with source ranges (in `firewall-ips`); an IPVS listing
+    shows a virtual server, read as clusterip, whatever the address is."""
+    if mode == "ipvs":
+        return "clusterip"
+    if mode == "nftables" and not (kind == "loadbalancer" and source_ranges):
+        return "external"
+    return kind
+
+
 def service_from_object(obj: dict[str, Any]) -> tuple[Service, list[str], list[str]]:
     meta, spec = obj.get("metadata", {}), obj.get("spec", {})
     cluster_ip = spec.get("clusterIP")
@@ -114,6 +131,7 @@ def expected_table(doc: Any, node: str, mode: str) -> ForwardingTable:
     ipvs = mode == "ipvs"
     for obj in services:
         svc, external_ips, lb_ips = service_from_object(obj)
+        ranges = source_ranges_of(obj) if lb_ips else []
         if svc.headless:
             continue
         for port in svc.ports:
@@ -139,8 +157,14 @@ def expected_table(doc: Any, node: str, mode: str) -> ForwardingTable:
             for kind, vip in targets:
                 number = port.node_port if kind == "nodeport" else port.port
                 assert number is not None
-                g = table.add(Frontend(kind, vip, number, proto, name))
+                shown = kind if kind == "nodeport" else external_kind(mode, kind, ranges)
+                g = table.add(Frontend(shown, vip, number, proto, name))
                 g.local_only = etp_local
+                if kind == "loadbalancer":
+                    g.source_ranges = list(ranges)
+                if etp_local and cat.has_any and not ipvs:
+                    # pods and the node skip the policy: the cluster-wide endpoints
+                    g.short_circuit_endpoints = sorted(e.address for e in cat.cluster)
                 if not cat.has_any:
                     g.no_endpoints = "reject"
                 elif not external:
@@ -187,6 +211,20 @@ def diff_tables(expected: ForwardingTable, actual: ForwardingTable) -> list[str]
                 f"{e.label()}: externalTrafficPolicy "
                 f"{'Local' if a.local_only else 'Cluster'} in the rules, expected "
                 f"{'Local' if e.local_only else 'Cluster'}"
+            )
+        if e.short_circuit_endpoints and set(a.short_circuit_endpoints) != set(
+            e.short_circuit_endpoints
+        ):
+            out.append(
+                f"{e.label()}: pods and the node reach "
+                f"{', '.join(sorted(a.short_circuit_endpoints)) or 'nothing'}, expected the "
+                f"cluster-wide {', '.join(e.short_circuit_endpoints)}"
+            )
+        if sorted(e.source_ranges) != sorted(a.source_ranges) and not nodeport_only:
+            out.append(
+                f"{e.label()}: loadBalancerSourceRanges "
+                f"{', '.join(a.source_ranges) or 'none'} in the rules, expected "
+                f"{', '.join(e.source_ranges) or 'none'}"
             )
         if e.no_endpoints != a.no_endpoints and not nodeport_only:
             out.append(

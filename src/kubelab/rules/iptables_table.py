@@ -7,7 +7,12 @@ Layouts read:
   `KUBE-MARK-DROP`, 5-decimal probabilities (0.33332999982).
 - 1.20+: masquerade inside KUBE-SVC, `KUBE-EXT-`/`KUBE-SVL-`/`KUBE-FW-` chains,
   REJECT/DROP in filter KUBE-SERVICES / KUBE-EXTERNAL-SERVICES, 10-decimal probabilities.
+- 1.27+: `KUBE-FW-` holds only the loadBalancerSourceRanges (`-s range -j KUBE-EXT-`), the
+  rest is dropped by filter `KUBE-PROXY-FIREWALL`; `-> ip:port` endpoint comments.
 - both: `-m recent` ClientIP affinity, unnamed ports ("ns/svc:" or "ns/svc").
+Policy Local: the `KUBE-EXT-` short-circuits (pod CIDR, `--src-type LOCAL`) are read as the
+sources that still reach the cluster-wide endpoints; a "has no local endpoints" DROP belongs
+to the frontend of the same address, whatever its kind.
 Rules of other owners (Docker, CNIs, libvirt, host port-forwards) are ignored.
 """
 
@@ -17,7 +22,13 @@ import re
 from dataclasses import dataclass
 
 from kubelab.rules.iptables_save import Rule, parse_rule
-from kubelab.rules.table import ForwardingTable, Frontend, effective_weights
+from kubelab.rules.table import (
+    NODE_SOURCE,
+    ForwardingTable,
+    Frontend,
+    effective_weights,
+    service_ranges,
+)
 
 KINDS_BY_COMMENT = (
     (" cluster IP", "clusterip"),
@@ -97,6 +108,7 @@ class IptablesReader:
         self.declared: set[str] = set()
         self.table = ForwardingTable("iptables")
         self._visited: set[str] = set()
+        self._followed: set[int] = set()  # frontends already followed (ids)
         self._read(text)
 
     def _read(self, text: str) -> None:
@@ -152,8 +164,7 @@ class IptablesReader:
             elif (rule.target or "").startswith(SERVICE_CHAINS) and vip and port:
                 kind = _kind(rule.comment, "clusterip")
                 front = self.table.add(Frontend(kind, vip, port, proto, service_name(rule.comment)))
-                if not front.endpoints and front.no_endpoints is None:
-                    self._follow(rule.target or "", front, rule)
+                self._follow_once(rule, front)
         for rule in self.chain("KUBE-NODEPORTS"):
             _, port, proto = self._dest(rule)
             if port is None:
@@ -164,8 +175,8 @@ class IptablesReader:
                 front = self.table.add(
                     Frontend("nodeport", None, port, proto, service_name(rule.comment))
                 )
-                if not front.endpoints and front.no_endpoints is None:
-                    self._follow(rule.target or "", front, rule)
+                self._follow_once(rule, front)
+        self._no_endpoint_rules()
         for f in self.table.frontends:
             if f.kind == "clusterip" and (f.vip, f.protocol, f.port) in masq_offcluster:
                 f.masquerade_offcluster = True
@@ -175,10 +186,16 @@ class IptablesReader:
                 f.masquerade_offcluster = bool(f.masquerade_all)
             elif f.masquerade_offcluster is None:
                 f.masquerade_offcluster = False
-        self._no_endpoint_rules()
         self._unreached_chains()
         self.table.sort()
         return self.table
+
+    def _follow_once(self, rule: Rule, front: Frontend) -> None:
+        """A frontend reached by several rules (a NodePort's localhost rule and its own,
+        say) is read from the first."""
+        if id(front) not in self._followed:
+            self._followed.add(id(front))
+            self._follow(rule.target or "", front, rule)
 
     def _unreached_chains(self) -> None:
         """Service chains no frontend leads to (a grep'ed or cut dump): name what they
@@ -229,7 +246,18 @@ class IptablesReader:
                     kind = _kind(
                         rule.comment, "clusterip" if chain == "KUBE-SERVICES" else "externalip"
                     )
-                front = self.table.add(Frontend(kind, vip, port, proto, service_name(rule.comment)))
+                served = next(
+                    (
+                        f
+                        for f in self.table.frontends
+                        if f.kind != "nodeport"
+                        and (f.vip, f.protocol, f.port) == (vip, proto, port)
+                    ),
+                    None,
+                )
+                front = served or self.table.add(
+                    Frontend(kind, vip, port, proto, service_name(rule.comment))
+                )
                 front.no_endpoints = verdict  # type: ignore[assignment]
                 if "has no local endpoints" in (rule.comment or ""):
                     front.local_only = True
@@ -249,29 +277,10 @@ class IptablesReader:
             return
         rules = self.chain(chain)
         if chain.startswith("KUBE-FW-"):
-            for r in rules:
-                if r.target == "KUBE-MARK-MASQ" and not r.conditions:
-                    front.masquerade_all = True
-                if (r.target or "").startswith(SERVICE_CHAINS):
-                    self._follow(r.target or "", front, r, depth + 1)
-                    return
+            self._firewall(rules, front, depth)
             return
         if chain.startswith("KUBE-EXT-"):
-            final = None
-            for r in rules:
-                if r.target == "KUBE-MARK-MASQ" and not r.conditions:
-                    front.masquerade_all = True
-                if (r.target or "").startswith(SERVICE_CHAINS) and not r.conditions:
-                    final = r
-            if front.masquerade_all is None:
-                front.masquerade_all = False
-            if any(r.has("--src-type", "LOCAL") for r in rules):
-                front.local_only = True  # the short-circuit rules exist only for policy Local
-            if final is None:
-                return  # Local policy with no local endpoints: filter DROPs it
-            if (final.target or "").startswith("KUBE-SVL-"):
-                front.local_only = True
-            self._follow(final.target or "", front, final, depth + 1)
+            self._external(rules, front, depth)
             return
         if chain.startswith("KUBE-XLB-"):  # Local policy before 1.20
             front.local_only = True
@@ -280,6 +289,55 @@ class IptablesReader:
             if any(r.target == "KUBE-MARK-DROP" and not r.conditions for r in rules):
                 front.no_endpoints = "drop"
         self._endpoints(chain, rules, front)
+
+    def _firewall(self, rules: list[Rule], front: Frontend, depth: int) -> None:
+        """loadBalancerSourceRanges: `-s range -j` on to the Service; the rest is dropped
+        (KUBE-MARK-DROP before 1.27, filter KUBE-PROXY-FIREWALL since)."""
+        onward = None
+        for r in rules:
+            if r.target == "KUBE-MARK-MASQ" and not r.conditions:
+                front.masquerade_all = True
+            if (r.target or "").startswith(SERVICE_CHAINS):
+                source = _arg(r, "-s")
+                if source:
+                    front.source_ranges.append(source)
+                onward = onward or r
+        front.source_ranges = service_ranges(front, front.source_ranges)
+        if onward is not None:
+            self._follow(onward.target or "", front, onward, depth + 1)
+
+    def _external(self, rules: list[Rule], front: Frontend, depth: int) -> None:
+        """KUBE-EXT-: masquerade (policy Cluster), or for policy Local the pod and node
+        short-circuits to KUBE-SVC-, then KUBE-SVL- (none when this node has no local
+        endpoint: filter KUBE-EXTERNAL-SERVICES drops what is left)."""
+        final = None
+        for r in rules:
+            target = r.target or ""
+            if target == "KUBE-MARK-MASQ" and not r.conditions:
+                front.masquerade_all = True
+            if not target.startswith(SERVICE_CHAINS):
+                continue
+            if not r.conditions:
+                final = r
+                continue
+            source = _arg(r, "-s")
+            sources = [source] if source else [NODE_SOURCE] if r.has("--src-type", "LOCAL") else []
+            if not sources:
+                continue
+            front.local_only = True  # the short-circuit rules exist only for policy Local
+            first = not front.short_circuit_sources
+            front.short_circuit_sources += sources
+            if first:
+                cluster = Frontend(front.kind, front.vip, front.port, front.protocol, front.service)
+                self._follow(target, cluster, r, depth + 1)
+                front.short_circuit_endpoints = cluster.endpoints
+        if front.masquerade_all is None:
+            front.masquerade_all = False
+        if final is None:
+            return  # Local policy with no local endpoints: filter DROPs it
+        if (final.target or "").startswith("KUBE-SVL-"):
+            front.local_only = True
+        self._follow(final.target or "", front, final, depth + 1)
 
     def _endpoints(self, chain: str, rules: list[Rule], front: Frontend) -> None:
         picks = []

@@ -2,9 +2,19 @@
 plain text of `nft list ruleset` / `nft list table ip kube-proxy` (what people paste).
 
 Both are first brought to the same facts per rule (verdict, numgen targets, DNAT target,
-conditions), then read the same way: `service-ips` / `service-nodeports` elements give the
-frontends, their chains give masquerading, affinity and endpoints; `no-endpoint-services` /
-`no-endpoint-nodeports` give REJECT (goto reject-chain) or DROP.
+source matches), then read the same way: `service-ips` / `service-nodeports` elements give
+the frontends, their chains give masquerading, affinity, endpoints and, for policy Local,
+the pod and node sources short-circuited to the cluster-wide endpoints;
+`no-endpoint-services` / `no-endpoint-nodeports` give REJECT (goto reject-chain) or DROP
+for the frontend they belong to; `firewall-ips` marks LoadBalancer IPs with
+loadBalancerSourceRanges, whose `firewall-` chain lists the ranges.
+
+Layouts read: kube-proxy 1.29-1.30 (`endpoints-check`), 1.31-1.35 (`cluster-ips` set,
+`service-endpoints-check`, `cluster-ips-check`) and 1.36 (`filter-*-pre-dnat` base
+chains). The frontends are read from the maps and service chains, which all of them share;
+the `cluster-ips` set, where present, tells a cluster IP without endpoints from an
+external one. Without `firewall-ips` entries an nftables dump does not say whether an
+external address is an external IP or a LoadBalancer IP: such frontends are "external".
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubelab.rules.nft import NftRule, load_nft_json
-from kubelab.rules.table import ForwardingTable, Frontend
+from kubelab.rules.table import NODE_SOURCE, ForwardingTable, Frontend, service_ranges
 
 TABLE = "kube-proxy"
 
@@ -28,7 +38,10 @@ class Facts:
     conditional: bool
     masq_offcluster: bool  # "ip saddr != CIDR jump mark-for-masquerade"
     affinity_set: str | None  # "ip saddr @affinity-X goto endpoint-X"
-    fib_local: bool = False
+    fib_local: bool = False  # "fib saddr type local"
+    saddr: tuple[str, ...] = ()  # "ip saddr 10.0.0.0/8": the addresses or prefixes matched
+    saddr_not: tuple[str, ...] = ()  # "ip saddr != { ... }"
+    drop: bool = False
 
 
 @dataclass
@@ -37,6 +50,7 @@ class Dump:
     # map name -> [(key tokens, verdict text, comment)]
     maps: dict[str, list[tuple[tuple[str, ...], str, str | None]]] = field(default_factory=dict)
     set_timeouts: dict[str, int | None] = field(default_factory=dict)
+    set_elements: dict[str, list[str]] = field(default_factory=dict)
 
 
 # --- from JSON ----------------------------------------------------------------------------------
@@ -48,27 +62,31 @@ def _json_value(v: Any) -> str:
     return str(v)
 
 
+def _json_values(v: Any) -> tuple[str, ...]:
+    """A match's right-hand side: one value, or an anonymous set of them."""
+    if isinstance(v, dict) and "set" in v:
+        return tuple(_json_value(x) for x in v["set"])
+    return (_json_value(v),)
+
+
 def _facts_from_json(rule: NftRule) -> Facts:
     masq = False
     affinity = None
     fib = False
+    saddr: tuple[str, ...] = ()
+    saddr_not: tuple[str, ...] = ()
     for m in rule.matches:
         left, right = m.get("left", {}), m.get("right")
         if isinstance(left, dict) and "fib" in left:
             fib = True
-        if (
-            isinstance(left, dict)
-            and left.get("payload", {}).get("field") == "saddr"
-            and isinstance(right, str)
-            and right.startswith("@")
-        ):
+        on_saddr = isinstance(left, dict) and left.get("payload", {}).get("field") == "saddr"
+        if on_saddr and isinstance(right, str) and right.startswith("@"):
             affinity = right[1:]
-        if (
-            m.get("op") == "!="
-            and isinstance(left, dict)
-            and left.get("payload", {}).get("field") == "saddr"
-        ):
+        elif on_saddr and m.get("op") == "!=":
             masq = True
+            saddr_not = _json_values(right)
+        elif on_saddr and m.get("op") in ("==", "in"):
+            saddr = _json_values(right)
     verdict = rule.verdict()
     targets = rule.numgen_targets()
     return Facts(
@@ -79,6 +97,9 @@ def _facts_from_json(rule: NftRule) -> Facts:
         masq and verdict == ("jump", "mark-for-masquerade"),
         affinity,
         fib,
+        saddr,
+        saddr_not,
+        any("drop" in e for e in rule.expr),
     )
 
 
@@ -113,6 +134,10 @@ def dump_from_json(text: str) -> Dump:
     for name, obj in raw.sets.items():
         timeout = obj.get("timeout")
         dump.set_timeouts[name] = int(timeout) if isinstance(timeout, int) else None
+        dump.set_elements[name] = [
+            _json_value(e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e)
+            for e in obj.get("elem", [])
+        ]
     return dump
 
 
@@ -123,6 +148,12 @@ _NUMGEN = re.compile(r"numgen\s+random\s+mod\s+\d+\s+vmap\s+\{(.*)\}")
 _DNAT = re.compile(r"\bdnat\s+(?:ip\s+)?to\s+(\S+)")
 _AFFINITY = re.compile(r"ip\s+saddr\s+@(\S+)\s+goto\s+")
 _COMMENT = re.compile(r'\s*comment\s+"[^"]*"')
+_SADDR = re.compile(r"\bip\s+saddr\s+(?!!=|@)(\{[^}]*\}|\S+)")
+_SADDR_NOT = re.compile(r"\bip\s+saddr\s+!=\s+(\{[^}]*\}|\S+)")
+
+
+def _text_values(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.strip("{} ").split(",") if v.strip())
 
 
 def _facts_from_text(rule: str) -> Facts:
@@ -138,6 +169,8 @@ def _facts_from_text(rule: str) -> Facts:
     dnat = _DNAT.search(bare)
     affinity = _AFFINITY.search(bare)
     masq = "saddr !=" in bare and verdict == ("jump", "mark-for-masquerade")
+    saddr = _SADDR.search(bare)
+    saddr_not = _SADDR_NOT.search(bare)
     return Facts(
         verdict,
         targets,
@@ -146,6 +179,9 @@ def _facts_from_text(rule: str) -> Facts:
         masq,
         affinity.group(1) if affinity else None,
         "fib saddr type local" in bare,
+        _text_values(saddr.group(1)) if saddr else (),
+        _text_values(saddr_not.group(1)) if saddr_not else (),
+        bool(re.search(r"\bdrop$", bare)),
     )
 
 
@@ -204,6 +240,8 @@ def dump_from_text(text: str) -> Dump:
             dump.chains[name] = [_facts_from_text(r) for r in rules]
         elif kind == "set":
             dump.set_timeouts[name] = _timeout_seconds(block)
+            elems = re.search(r"elements\s*=\s*\{(.*?)\}", block, re.S)
+            dump.set_elements[name] = list(_text_values(elems.group(1))) if elems else []
         else:
             elems = re.search(r"elements\s*=\s*\{(.*)\}", block, re.S)
             entries = []
@@ -239,28 +277,38 @@ def service_from_chain(chain: str) -> str | None:
     return f"{ns}/{name}:{port}" if port else f"{ns}/{name}"
 
 
+ServiceKey = tuple[str, str, int]  # (address, protocol, port)
+
+
 class NftReader:
     def __init__(self, dump: Dump) -> None:
         self.dump = dump
         self.table = ForwardingTable("nftables")
+        # the cluster-ips set (kube-proxy 1.31 on): None where the layout has none
+        self.cluster_ips: set[str] | None = (
+            set(dump.set_elements["cluster-ips"]) if "cluster-ips" in dump.set_elements else None
+        )
+        self.firewalls: dict[ServiceKey, str] = {}
+        for tokens, verdict, _comment in dump.maps.get("firewall-ips", []):
+            if len(tokens) == 3:
+                self.firewalls[(tokens[0], tokens[1], int(tokens[2]))] = verdict.split()[-1]
+
+    def _external_kind(self, key: ServiceKey) -> str:
+        return "loadbalancer" if key in self.firewalls else "external"
 
     def read(self) -> ForwardingTable:
         for tokens, verdict, _comment in self.dump.maps.get("service-ips", []):
             if len(tokens) != 3:
                 continue
-            vip, proto, port = tokens
+            key = (tokens[0], tokens[1], int(tokens[2]))
             target = verdict.split()[-1]
-            kind = "clusterip" if not target.startswith("external-") else "externalip"
+            kind = self._external_kind(key) if target.startswith("external-") else "clusterip"
             front = self.table.add(
-                Frontend(
-                    kind,
-                    vip,
-                    int(port),
-                    proto,
-                    service_from_chain(target),
-                )
+                Frontend(kind, key[0], key[2], key[1], service_from_chain(target))
             )
             self._follow(target, front)
+            if kind == "loadbalancer":
+                self._firewall(self.firewalls[key], front)
         for tokens, verdict, _comment in self.dump.maps.get("service-nodeports", []):
             if len(tokens) != 2:
                 continue
@@ -270,29 +318,7 @@ class NftReader:
                 Frontend("nodeport", None, int(port), proto, service_from_chain(target))
             )
             self._follow(target, front)
-        for map_name, kind in (
-            ("no-endpoint-services", "clusterip"),
-            ("no-endpoint-nodeports", "nodeport"),
-        ):
-            for tokens, verdict, comment in self.dump.maps.get(map_name, []):
-                if kind == "nodeport" and len(tokens) == 2:
-                    address, (proto, port) = None, tokens
-                elif kind == "clusterip" and len(tokens) == 3:
-                    address, proto, port = tokens
-                else:
-                    continue
-                front = self.table.add(
-                    Frontend(
-                        kind,
-                        address,
-                        int(port),
-                        proto,
-                        comment,
-                    )
-                )
-                front.no_endpoints = "reject" if "reject" in verdict else "drop"
-                if front.no_endpoints == "drop":
-                    front.local_only = True
+        self._no_endpoint_entries()
         for f in self.table.frontends:
             if f.kind != "clusterip":
                 f.masquerade_offcluster = bool(f.masquerade_all)
@@ -300,6 +326,46 @@ class NftReader:
                 f.masquerade_offcluster = False
         self.table.sort()
         return self.table
+
+    def _no_endpoint_entries(self) -> None:
+        """REJECT (no endpoints at all) or DROP (no endpoints for this traffic) entries,
+        merged into the frontend they belong to; where there is none, one is made of the
+        kind the dump shows."""
+        by_address = {
+            (f.vip, f.protocol, f.port): f for f in self.table.frontends if f.kind != "nodeport"
+        }
+        ambiguous: set[str] = set()
+        for map_name in ("no-endpoint-services", "no-endpoint-nodeports"):
+            for tokens, verdict, comment in self.dump.maps.get(map_name, []):
+                if map_name == "no-endpoint-nodeports" and len(tokens) == 2:
+                    front = self.table.add(
+                        Frontend("nodeport", None, int(tokens[1]), tokens[0], comment)
+                    )
+                elif map_name == "no-endpoint-services" and len(tokens) == 3:
+                    key = (tokens[0], tokens[1], int(tokens[2]))
+                    front = by_address.get(key) or self.table.add(
+                        Frontend(self._unserved_kind(key, comment, ambiguous), *_args(key, comment))
+                    )
+                else:
+                    continue
+                front.no_endpoints = "reject" if "reject" in verdict else "drop"
+                if front.no_endpoints == "drop":
+                    front.local_only = True
+        for name in sorted(ambiguous):
+            self.table.warnings.append(
+                f"{name}: several addresses without endpoints, and this layout has no "
+                "cluster-ips set to say which is the cluster IP; all are read as clusterip"
+            )
+
+    def _unserved_kind(self, key: ServiceKey, comment: str | None, ambiguous: set[str]) -> str:
+        if self.cluster_ips is not None:
+            return "clusterip" if key[0] in self.cluster_ips else self._external_kind(key)
+        if key in self.firewalls:
+            return "loadbalancer"
+        entries = [t for t, _, c in self.dump.maps.get("no-endpoint-services", []) if c == comment]
+        if comment and len(entries) > 1:
+            ambiguous.add(comment)
+        return "clusterip"
 
     def _rules(self, chain: str, front: Frontend) -> list[Facts] | None:
         if chain not in self.dump.chains:
@@ -309,32 +375,18 @@ class NftReader:
             return None
         return self.dump.chains[chain]
 
+    def _firewall(self, chain: str, front: Frontend) -> None:
+        """`ip saddr != { ranges } drop`: the loadBalancerSourceRanges."""
+        for r in self._rules(chain, front) or []:
+            if r.drop and r.saddr_not:
+                front.source_ranges = service_ranges(front, list(r.saddr_not))
+
     def _follow(self, chain: str, front: Frontend, depth: int = 0) -> None:
         rules = self._rules(chain, front)
         if rules is None or depth > 4:
             return
         if chain.startswith("external-"):
-            front.masquerade_all = any(
-                r.verdict == ("jump", "mark-for-masquerade") and not r.conditional for r in rules
-            )
-            final = next(
-                (
-                    r
-                    for r in reversed(rules)
-                    if not r.conditional and r.verdict and r.verdict[0] == "goto"
-                ),
-                None,
-            )
-            if final is None or final.verdict is None:
-                return
-            if final.verdict[1].startswith("local-"):
-                front.local_only = True
-            self._follow(final.verdict[1], front, depth + 1)
-            return
-        if chain.startswith("firewall-"):
-            nxt = next((r.verdict[1] for r in rules if r.verdict), None)
-            if nxt:
-                self._follow(nxt, front, depth + 1)
+            self._external(rules, front, depth)
             return
         for r in rules:
             if r.masq_offcluster:
@@ -351,6 +403,40 @@ class NftReader:
                 f"{front.label()}: service chain {chain} reaches no endpoint"
             )
 
+    def _external(self, rules: list[Facts], front: Frontend, depth: int) -> None:
+        """`external-` chain: masquerade (policy Cluster), or for policy Local the pod and
+        node short-circuits to the cluster-wide chain, then the policy chain (none when
+        this node has no local endpoint: the no-endpoint maps drop what is left)."""
+        front.masquerade_all = any(
+            r.verdict == ("jump", "mark-for-masquerade") and not r.conditional for r in rules
+        )
+        for r in rules:
+            if not (r.conditional and r.verdict and r.verdict[0] == "goto"):
+                continue
+            sources = list(r.saddr) if r.saddr else [NODE_SOURCE] if r.fib_local else []
+            if not sources:
+                continue
+            front.local_only = True
+            first = not front.short_circuit_sources
+            front.short_circuit_sources += sources
+            if first:
+                cluster = Frontend(front.kind, front.vip, front.port, front.protocol, front.service)
+                self._follow(r.verdict[1], cluster, depth + 1)
+                front.short_circuit_endpoints = cluster.endpoints
+        final = next(
+            (
+                r
+                for r in reversed(rules)
+                if not r.conditional and r.verdict and r.verdict[0] == "goto"
+            ),
+            None,
+        )
+        if final is None or final.verdict is None:
+            return
+        if final.verdict[1].startswith("local-"):
+            front.local_only = True
+        self._follow(final.verdict[1], front, depth + 1)
+
     def _dnat(self, chain: str, front: Frontend) -> str | None:
         rules = self._rules(chain, front)
         for r in rules or []:
@@ -359,6 +445,11 @@ class NftReader:
         if rules is not None:
             self.table.warnings.append(f"{front.label()}: endpoint chain {chain} has no DNAT")
         return None
+
+
+def _args(key: ServiceKey, comment: str | None) -> tuple[str, int, str, str | None]:
+    """Frontend's (vip, port, protocol, service) for a map key."""
+    return key[0], key[2], key[1], comment
 
 
 def read_nftables(text: str) -> ForwardingTable:

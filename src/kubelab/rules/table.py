@@ -12,7 +12,11 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-KINDS: tuple[str, ...] = ("clusterip", "nodeport", "externalip", "loadbalancer")
+# "external": an external IP or a LoadBalancer IP, where the dump does not say which (an
+# nftables dump tells them apart only for LoadBalancer IPs with loadBalancerSourceRanges)
+KINDS: tuple[str, ...] = ("clusterip", "nodeport", "externalip", "loadbalancer", "external")
+# a short-circuit source that is this node itself (`fib saddr type local`, `--src-type LOCAL`)
+NODE_SOURCE = "node"
 # a share further than this from 1/n, relative to 1/n, is reported: 10-decimal probabilities
 # stay far below it at any size; the 5-decimal ones kube-proxy printed before 2019 cross it
 # from about 300 endpoints on
@@ -33,7 +37,15 @@ class Frontend:
     masquerade_offcluster: bool | None = None  # None: the mode cannot show it
     masquerade_all: bool | None = None  # external traffic always masqueraded (policy Cluster)
     local_only: bool = False  # externalTrafficPolicy Local: only this node's endpoints
+    # with no_endpoints "drop" and local_only: external sources are dropped, while the
+    # short-circuit sources below still reach the cluster-wide endpoints
     no_endpoints: Literal["reject", "drop"] | None = None
+    # policy Local: sources that skip the policy and go to the cluster-wide endpoints
+    # (pod CIDRs, and NODE_SOURCE, which kube-proxy also masquerades)
+    short_circuit_sources: list[str] = field(default_factory=list)
+    short_circuit_endpoints: list[str] = field(default_factory=list)
+    # loadBalancerSourceRanges: only these sources are let through, the rest is dropped
+    source_ranges: list[str] = field(default_factory=list)
     scheduler: str | None = None  # IPVS only
     addresses: list[str] = field(default_factory=list)  # IPVS NodePorts: node addresses
 
@@ -45,6 +57,10 @@ class Frontend:
         where = f"{self.vip}:{self.port}" if self.vip else f":{self.port}"
         name = f" ({self.service})" if self.service else ""
         return f"{self.kind} {self.protocol} {where}{name}"
+
+
+# IPVS only: left out of the JSON when empty
+OPTIONAL_KEYS = ("scheduler", "addresses")
 
 
 @dataclass
@@ -78,11 +94,19 @@ class ForwardingTable:
         return {
             "mode": self.mode,
             "frontends": [
-                {k: v for k, v in asdict(f).items() if k not in ("scheduler", "addresses") or v}
+                {k: v for k, v in asdict(f).items() if k not in OPTIONAL_KEYS or v}
                 for f in self.frontends
             ],
             "warnings": self.warnings,
         }
+
+
+def service_ranges(front: Frontend, sources: list[str]) -> list[str]:
+    """A firewall's allowed sources without the LoadBalancer IP itself, which kube-proxy
+    adds when the node's own address is in a range (its calls to the VIP loop back with
+    the VIP as source): what is left is loadBalancerSourceRanges."""
+    own = {front.vip, f"{front.vip}/32"}
+    return [s for s in sources if s not in own]
 
 
 def effective_weights(probabilities: list[float | None]) -> list[float]:
@@ -139,11 +163,20 @@ def render_text(table: ForwardingTable) -> str:
             extras.append("masquerade off-cluster")
         if f.no_endpoints:
             extras.append(f"no endpoints: {f.no_endpoints}")
+        if f.source_ranges:
+            extras.append(f"only from {', '.join(f.source_ranges)}, others dropped")
         if f.scheduler:
             extras.append(f"scheduler {f.scheduler}")
         lines.append(f"{f.label()}" + (f"  [{', '.join(extras)}]" if extras else ""))
         for i, ep in enumerate(f.endpoints):
             share = f"{f.weights[i]:.4f}" if i < len(f.weights) else "?"
             lines.append(f"    -> {ep:<22} share {share}")
+        if f.short_circuit_sources:
+            sources = ", ".join(
+                "this node (masqueraded)" if s == NODE_SOURCE else s
+                for s in f.short_circuit_sources
+            )
+            lines.append(f"    from {sources}: to the cluster-wide endpoints")
+            lines += [f"    => {ep}" for ep in f.short_circuit_endpoints]
     lines += [f"warning: {w}" for w in table.warnings]
     return "\n".join(lines) + "\n"

@@ -46,8 +46,10 @@ class ClusterState:
         self.taken_ports |= {
             s.health_check_node_port for s in spec.services if s.health_check_node_port
         }
+        self.lb_taken = {s.load_balancer_ip for s in spec.services if s.load_balancer_ip}
+        self.lb_taken |= {ip for s in spec.services for ip in s.external_ips}
         for i, svc_spec in enumerate(spec.services):
-            svc = service_from_spec(svc_spec, i, spec, self.taken_ports)
+            svc = service_from_spec(svc_spec, i, spec, self.taken_ports, self._lb_ips(svc_spec))
             self.services[svc.key] = svc
         self.pods: dict[str, PodRecord] = {p.name: PodRecord(p) for p in topology.pods}
         self.failed_nodes: dict[str, bool] = {}  # node -> failure noticed
@@ -100,9 +102,36 @@ class ClusterState:
                 self._endpoints[workload] = now
         return [ServiceState(s, self._endpoints[s.workload]) for s in self.services.values()]
 
+    def _lb_ips(self, spec: ServiceSpec) -> tuple[ipaddress.IPv4Address, ...]:
+        """status.loadBalancer.ingress: the spec's address, or the pool's next free one,
+        as MetalLB's L2 mode hands them out."""
+        if spec.type != "LoadBalancer":
+            return ()
+        if spec.load_balancer_ip is not None:
+            return (spec.load_balancer_ip,)
+        for ip in self.spec.network.lb_pool.hosts():
+            if ip not in self.lb_taken:
+                self.lb_taken.add(ip)
+                return (ip,)
+        raise LabError(
+            f"network.load_balancer_pool {self.spec.network.lb_pool} is exhausted; "
+            "set a larger pool"
+        )
+
     def add_services(self, specs: list[ServiceSpec]) -> None:
         for spec in specs:
-            svc = service_from_spec(spec, 0, self.spec, self.taken_ports)
+            owner = {
+                ip: f"used by Service {s.key}"
+                for s in self.services.values()
+                for _, ip in s.external_addresses
+            }
+            try:
+                self.spec.check_external_addresses(
+                    f"Service {spec.namespace}/{spec.name}", spec, owner
+                )
+            except ValueError as exc:
+                raise LabError(str(exc)) from None
+            svc = service_from_spec(spec, 0, self.spec, self.taken_ports, self._lb_ips(spec))
             if svc.key in self.services:
                 raise LabError(f"Service {svc.key} exists; delete it or pick another name")
             if spec.cluster_ip is None:
@@ -128,7 +157,8 @@ class ClusterState:
 
     def remove_services(self, keys: list[str]) -> None:
         for key in keys:
-            self.service(key)
+            gone = self.service(key)
+            self.lb_taken -= {ip for _, ip in gone.external_addresses}
             del self.services[key]
 
     # --- pods ---------------------------------------------------------------------------------
@@ -283,15 +313,25 @@ def _service_object(svc: Service) -> dict[str, Any]:
         spec["sessionAffinityConfig"] = {
             "clientIP": {"timeoutSeconds": svc.session_affinity_timeout_s}
         }
-    if svc.type == "NodePort":
+    if svc.type != "ClusterIP":
         spec["externalTrafficPolicy"] = svc.external_traffic_policy
     if svc.health_check_node_port:
         spec["healthCheckNodePort"] = svc.health_check_node_port
+    if svc.external_ips:
+        spec["externalIPs"] = [str(ip) for ip in svc.external_ips]
+    if svc.load_balancer_source_ranges:
+        spec["loadBalancerSourceRanges"] = [str(r) for r in svc.load_balancer_source_ranges]
+    status: dict[str, Any] = {"loadBalancer": {}}
+    if svc.load_balancer_ips:
+        status["loadBalancer"]["ingress"] = [
+            {"ip": str(ip), "ipMode": "VIP"} for ip in svc.load_balancer_ips
+        ]
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"namespace": svc.namespace, "name": svc.name},
         "spec": spec,
+        "status": status,
     }
 
 

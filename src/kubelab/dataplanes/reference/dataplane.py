@@ -10,6 +10,7 @@ each re-sync records its network-programming latency.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -20,6 +21,7 @@ from pydantic import Field, model_validator
 
 from kubelab.dataplanes.base import Dataplane, ProgrammingEvent, Progress
 from kubelab.dataplanes.reference import network
+from kubelab.dataplanes.reference.announcer import Announcer, announcements
 from kubelab.dataplanes.reference.cluster import ClusterState, PodRecord
 from kubelab.dataplanes.reference.kube_proxy_duties import HealthChecks, stale_udp_flows
 from kubelab.dataplanes.reference.pods import PodServers
@@ -74,6 +76,7 @@ class ReferenceDataplane(Dataplane):
         self.cluster = ClusterState(spec, self.topology)
         self.servers = PodServers(spec.lab_id, substrate.runner)
         self.health = HealthChecks(self.servers)
+        self.announcer = Announcer()
         self._last: list[ServiceState] = []
         self._lock = threading.RLock()
         self._timers: list[threading.Thread] = []
@@ -163,9 +166,16 @@ class ReferenceDataplane(Dataplane):
                     self.proxier.restore_host_rules(runner, folder)
                 except Exception:
                     continue
+        if not self.substrate.disposable:
+            with contextlib.suppress(Exception):  # best effort, as for the nodes above
+                self.announcer.clear(self._client())
+        self.announcer = Announcer()
         self.proxier.forget()
         self._last = []
         self.health.forget()
+
+    def _client(self) -> Runner:
+        return self.substrate.runner(self.topology.client.name)
 
     def settle(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -196,7 +206,11 @@ class ReferenceDataplane(Dataplane):
             return self._synced(change, published, services)
 
     def _program(self, node: NodeInfo, services: list[ServiceState]) -> None:
-        ctx = ProxierContext(node=node.name, cluster_cidr=self.spec.network.pod_cidr)
+        ctx = ProxierContext(
+            node=node.name,
+            cluster_cidr=self.spec.network.pod_cidr,
+            service_cidr=self.spec.network.service_cidr,
+        )
         started = time.time()
         self.proxier.sync(self.substrate.runner(node.name), services, ctx)
         self._synced_at[node.name] = done = time.time()
@@ -211,6 +225,7 @@ class ReferenceDataplane(Dataplane):
                 # exit 1 = "0 flow entries have been deleted": nothing stale, fine
                 self.substrate.runner(node.name).run(["conntrack", "-D", *args], check=False)
         self.health.sync(self.nodes, services)
+        self.announcer.sync(self._client(), announcements(services, self.nodes))
         self._last = services
         loaded = {n: t for n, t in self._synced_at.items() if t >= published}
         event = ProgrammingEvent(
@@ -281,7 +296,11 @@ class ReferenceDataplane(Dataplane):
 
     def render_rules(self, node: str) -> str:
         """The text a full sync would load on `node` (benchmarks load it alone)."""
-        ctx = ProxierContext(node=node, cluster_cidr=self.spec.network.pod_cidr)
+        ctx = ProxierContext(
+            node=node,
+            cluster_cidr=self.spec.network.pod_cidr,
+            service_cidr=self.spec.network.service_cidr,
+        )
         return self.proxier.render(self.cluster.service_states(), ctx)
 
     # --- Services -----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ class ProxierContext:
 
     node: str
     cluster_cidr: ipaddress.IPv4Network  # the pod CIDR: traffic from inside it is not masqueraded
+    service_cidr: ipaddress.IPv4Network | None = None  # unallocated ClusterIPs in it are dropped
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ ruleset (1,000 Services created at once) is loaded whole instead: iptables-nft's
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ from kubelab.dataplanes.reference.proxier.base import Proxier, ProxierContext
 from kubelab.errors import LabError
 from kubelab.hosts import Runner
 from kubelab.model import Endpoint, Service, ServicePort, ServiceState, categorize
+
+
+def ip_in(address: str, network: ipaddress.IPv4Network) -> bool:
+    return ipaddress.IPv4Address(address) in network
 
 
 def _comment(text: str) -> str:
@@ -344,7 +349,10 @@ class IptablesProxier(Proxier):
         has_internal, has_external = cat.has_internal, cat.has_external
         internal_chain = svl_chain if cat.internal_local else svc_chain
         external_policy_chain = svl_chain if external_local else svc_chain
-        uses_ext = cat.has_any and port.node_port is not None
+        externally = port.node_port is not None or bool(svc.external_addresses)
+        uses_ext = cat.has_any and externally
+        uses_fw = bool(svc.load_balancer_ips and svc.load_balancer_source_ranges)
+        fw_chain = n.fw_chain(name, proto)
         if not cat.has_any:
             internal_verdict = external_verdict = "REJECT"
             why = f"{name} has no endpoints"
@@ -364,6 +372,25 @@ class IptablesProxier(Proxier):
         else:
             flt.add(n.KUBE_SERVICES, _comment(why), _proto(port), vip, f"-j {internal_verdict}")
 
+        for kind, ip in svc.external_addresses:
+            dest = f"-d {ip}/32 --dport {port.port}"
+            label = "external IP" if kind == "externalip" else "loadbalancer IP"
+            if cat.has_any:
+                target = fw_chain if kind == "loadbalancer" and uses_fw else ext_chain
+                nat.add(n.KUBE_SERVICES, _comment(f"{name} {label}"), _proto(port), dest,
+                        f"-j {target}")  # fmt: skip
+            if kind == "loadbalancer" and uses_fw:
+                flt.add(
+                    n.KUBE_PROXY_FIREWALL,
+                    _comment(f"{name} traffic not accepted by {fw_chain}"),
+                    _proto(port),
+                    dest,
+                    "-j DROP",
+                )
+            if not has_external:
+                flt.add(n.KUBE_EXTERNAL_SERVICES, _comment(why), _proto(port), dest,
+                        f"-j {external_verdict}")  # fmt: skip
+
         if port.node_port is not None:
             if uses_ext:
                 nat.add(
@@ -382,7 +409,7 @@ class IptablesProxier(Proxier):
                     f"--dport {port.node_port}",
                     f"-j {external_verdict}",
                 )
-        if svc.health_check_node_port is not None and port is svc.ports[0]:
+        if svc.health_check_node_port is not None and svc.external_local and port is svc.ports[0]:
             flt.add(
                 n.KUBE_NODEPORTS,
                 _comment(f"{name} health check node port"),
@@ -432,6 +459,22 @@ class IptablesProxier(Proxier):
                 )
             if has_external:
                 nat.add(ext_chain, f"-j {external_policy_chain}")
+
+        if uses_fw and cat.has_any:
+            # loadBalancerSourceRanges: allowed sources go on; the rest is not DNATed, so
+            # filter KUBE-PROXY-FIREWALL drops it
+            nat.chain(fw_chain)
+            allowed = [str(r) for r in svc.load_balancer_source_ranges]
+            node_ip = self.node_ips.get(ctx.node)
+            if node_ip and any(ip_in(node_ip, r) for r in svc.load_balancer_source_ranges):
+                allowed += [str(ip) for ip in svc.load_balancer_ips]  # the node's own calls
+            for source in allowed:
+                nat.add(fw_chain, _comment(f"{name} loadbalancer IP"), f"-s {source}",
+                        f"-j {ext_chain}")  # fmt: skip
+            nat.add(
+                fw_chain,
+                _comment(f"other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"),
+            )
 
         if cat.cluster:
             nat.chain(svc_chain)

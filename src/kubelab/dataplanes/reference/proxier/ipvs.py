@@ -1,9 +1,13 @@
 """The IPVS proxier: kube-proxy's IPVS-mode layout.
 
-Every ClusterIP is an address of the dummy `kube-ipvs0`; every ClusterIP:port and every
-node-IP:NodePort is an IPVS virtual server with the spec's scheduler (ClientIP affinity =
-persistence); the KUBE-* ipsets and a handful of iptables rules do the masquerading, as in
-pkg/proxy/ipvs/proxier.go.
+Every ClusterIP, external IP and LoadBalancer IP is an address of the dummy `kube-ipvs0`;
+each of them with its port, and every node-IP:NodePort, is an IPVS virtual server with the
+spec's scheduler (ClientIP affinity = persistence); the KUBE-* ipsets and a handful of
+iptables rules do the masquerading and the loadBalancerSourceRanges filter, as in
+pkg/proxy/ipvs/proxier.go. As in kube-proxy's IPVS mode, policy Local on an external
+address sends every source to this node's endpoints (no pod short-circuit). Left out: the
+`physdev` ACCEPT for external IPs (bridge netfilter), as the lab's pods are not bridged
+into iptables.
 
 IPVS needs the kernel's ip_vs; `up` refuses this mode where /proc/net/ip_vs is missing.
 The four parts are loaded one after another (addresses, `ipset restore`, `iptables-restore`,
@@ -35,6 +39,13 @@ IPSETS = {
     "KUBE-NODE-PORT-LOCAL-TCP": ("bitmap:port range 0-65535", "Kubernetes nodeport TCP port with externalTrafficPolicy=local"),
     "KUBE-NODE-PORT-UDP": ("bitmap:port range 0-65535", "Kubernetes nodeport UDP port for masquerade purpose"),
     "KUBE-NODE-PORT-LOCAL-UDP": ("bitmap:port range 0-65535", "Kubernetes nodeport UDP port with externalTrafficPolicy=local"),
+    "KUBE-EXTERNAL-IP": ("hash:ip,port", "Kubernetes service external ip + port for masquerade and filter purpose"),
+    "KUBE-EXTERNAL-IP-LOCAL": ("hash:ip,port", "Kubernetes service external ip + port with externalTrafficPolicy=local"),
+    "KUBE-LOAD-BALANCER": ("hash:ip,port", "Kubernetes service lb portal"),
+    "KUBE-LOAD-BALANCER-LOCAL": ("hash:ip,port", "Kubernetes service load balancer ip + port with externalTrafficPolicy=local"),
+    "KUBE-LOAD-BALANCER-FW": ("hash:ip,port", "Kubernetes service load balancer ip + port for load balancer with sourceRange"),
+    "KUBE-LOAD-BALANCER-SOURCE-CIDR": ("hash:ip,port,net", "Kubernetes service load balancer ip + port + source cidr for packet filter purpose"),
+    "KUBE-LOAD-BALANCER-SOURCE-IP": ("hash:ip,port,ip", "Kubernetes service load balancer ip + port + source IP for packet filter purpose"),
 }  # fmt: skip
 
 
@@ -108,10 +119,24 @@ class IpvsProxier(Proxier):
                 vs = f"{svc.cluster_ip}:{port.port}"
                 virtual.append(f"-A {flag} {vs} -s {self.scheduler}{persist}")
                 virtual += [f"-a {flag} {vs} -r {ep.address} -m -w 1" for ep in internal]
+                external = cat.external
+                for kind, ip in svc.external_addresses:
+                    entry = f"{ip},{proto}:{port.port}"
+                    addresses.append(f"{ip}/32")
+                    base = "KUBE-EXTERNAL-IP" if kind == "externalip" else "KUBE-LOAD-BALANCER"
+                    members[base].append(entry)
+                    if cat.external_local:
+                        members[f"{base}-LOCAL"].append(entry)
+                    if kind == "loadbalancer" and svc.load_balancer_source_ranges:
+                        members["KUBE-LOAD-BALANCER-FW"].append(entry)
+                        for source in svc.load_balancer_source_ranges:
+                            members["KUBE-LOAD-BALANCER-SOURCE-CIDR"].append(f"{entry},{source}")
+                    virtual.append(f"-A {flag} {ip}:{port.port} -s {self.scheduler}{persist}")
+                    virtual += [f"-a {flag} {ip}:{port.port} -r {ep.address} -m -w 1"
+                                for ep in external]  # fmt: skip
                 if port.node_port is None or node_ip is None:
                     continue
                 members[f"KUBE-NODE-PORT-{port.protocol}"].append(str(port.node_port))
-                external = cat.external
                 if cat.external_local:
                     members[f"KUBE-NODE-PORT-LOCAL-{port.protocol}"].append(str(port.node_port))
                 vs = f"{node_ip}:{port.node_port}"
@@ -134,6 +159,7 @@ class IpvsProxier(Proxier):
             '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
             '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
             '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING',
+            '-A KUBE-LOAD-BALANCER -m comment --comment "Kubernetes service load balancer ip + port with externalTrafficPolicy=local" -m set --match-set KUBE-LOAD-BALANCER-LOCAL dst,dst -j RETURN',
             "-A KUBE-LOAD-BALANCER -j KUBE-MARK-MASQ",
             f"-A KUBE-MARK-MASQ -j MARK --or-mark {mark}",
             '-A KUBE-NODE-PORT -p tcp -m comment --comment "Kubernetes nodeport TCP port with externalTrafficPolicy=local" -m set --match-set KUBE-NODE-PORT-LOCAL-TCP dst -j RETURN',
@@ -144,9 +170,24 @@ class IpvsProxier(Proxier):
             f"-A KUBE-POSTROUTING -m mark ! --mark {mark}/{mark} -j RETURN",
             f"-A KUBE-POSTROUTING -j MARK --xor-mark {mark}",
             '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully',
+            '-A KUBE-SERVICES -m comment --comment "Kubernetes service lb portal" -m set --match-set KUBE-LOAD-BALANCER dst,dst -j KUBE-LOAD-BALANCER',
             f'-A KUBE-SERVICES ! -s {cidr} -m comment --comment "Kubernetes service cluster ip + port for masquerade purpose" -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ',
+            '-A KUBE-SERVICES -m comment --comment "Kubernetes service external ip + port for masquerade and filter purpose" -m set --match-set KUBE-EXTERNAL-IP dst,dst -j KUBE-MARK-MASQ',
+            '-A KUBE-SERVICES -m comment --comment "Kubernetes service external ip + port for masquerade and filter purpose" -m set --match-set KUBE-EXTERNAL-IP dst,dst -m addrtype --dst-type LOCAL -j ACCEPT',
+            '-A KUBE-SERVICES -m comment --comment "Kubernetes service external ip + port with externalTrafficPolicy=local" -m set --match-set KUBE-EXTERNAL-IP-LOCAL dst,dst -m addrtype --dst-type LOCAL -j ACCEPT',
             "-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT",
             "-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT",
+            "-A KUBE-SERVICES -m set --match-set KUBE-LOAD-BALANCER dst,dst -j ACCEPT",
+            "COMMIT",
+            "*filter",
+            ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+            ":KUBE-PROXY-FIREWALL - [0:0]", ":KUBE-SOURCE-RANGES-FIREWALL - [0:0]",
+            '-A INPUT -m comment --comment "kube-proxy firewall rules" -j KUBE-PROXY-FIREWALL',
+            '-A FORWARD -m comment --comment "kube-proxy firewall rules" -j KUBE-PROXY-FIREWALL',
+            '-A KUBE-PROXY-FIREWALL -m comment --comment "Kubernetes service load balancer ip + port for load balancer with sourceRange" -m set --match-set KUBE-LOAD-BALANCER-FW dst,dst -j KUBE-SOURCE-RANGES-FIREWALL',
+            '-A KUBE-SOURCE-RANGES-FIREWALL -m comment --comment "Kubernetes service load balancer ip + port + source cidr for packet filter purpose" -m set --match-set KUBE-LOAD-BALANCER-SOURCE-CIDR dst,dst,src -j RETURN',
+            '-A KUBE-SOURCE-RANGES-FIREWALL -m comment --comment "Kubernetes service load balancer ip + port + source IP for packet filter purpose" -m set --match-set KUBE-LOAD-BALANCER-SOURCE-IP dst,dst,src -j RETURN',
+            "-A KUBE-SOURCE-RANGES-FIREWALL -j DROP",
             "COMMIT",
         ]  # fmt: skip
         parts = {"addresses": addresses, "ipset": ipset, "iptables": iptables, "ipvsadm": virtual}

@@ -213,6 +213,8 @@ class RuleCompiler:
             op = CMP_EQ
             if t[i] == "!=":
                 op, i = CMP_NEQ, i + 1
+            if t[i] == "{" and t[i + 2] == "}":  # a one-element set: nft compiles a match
+                i += 1
             if t[i].startswith("@"):
                 if op != CMP_EQ:
                     raise self._unknown(text)
@@ -221,7 +223,7 @@ class RuleCompiler:
                 rule.exprs.append(expr("lookup", u32(2, REG_1), string(1, t[i][1:])))
             else:
                 rule.exprs += ip_match(field_name, op, t[i])
-            return i + 1
+            return i + 2 if t[i + 1 : i + 2] == ["}"] else i + 1
         if word in PROTOCOLS and t[i + 1] == "dport":
             port = int(t[i + 2])
             rule.exprs += l4proto_match(word)
@@ -421,11 +423,14 @@ class Batch:
             self._add(NEWSETELEM, NLM_F_CREATE, body, f"the vmap elements of {text}")
 
     def add_elements(self, map_name: str, elements: dict[str, str]) -> None:
+        """Elements of a verdict map, or of a plain set where the verdict is ""."""
         items = []
         for key_text, verdict in elements.items():
             match = ELEMENT.match(key_text)
             assert match is not None
-            item = value_data(1, element_key(match["key"])) + element_verdict(verdict)
+            item = value_data(1, element_key(match["key"]))
+            if verdict:
+                item += element_verdict(verdict)
             if match["comment"] is not None:
                 item += attr(6, comment_udata(match["comment"]))
             items.append(nested(1, item))

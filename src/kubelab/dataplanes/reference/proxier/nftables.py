@@ -1,10 +1,17 @@
 """The nftables proxier: kube-proxy's nftables-mode layout in `table ip kube-proxy`.
 
-Follows pkg/proxy/nftables/proxier.go (v1.29-v1.30 layout): verdict maps `service-ips` and
+Follows pkg/proxy/nftables/proxier.go of kube-proxy 1.36 (checked rule by rule against its
+TestOverallNFTablesRules, tests/data/dumps/SOURCES.md): filter base chains before DNAT
+(`filter-prerouting-pre-dnat`, `filter-output-pre-dnat`: `firewall-check`) and at filter
+priority (`filter-input`/`-forward`/`-output`: `service-endpoints-check`,
+`nodeport-endpoints-check`, `cluster-ips-check`); verdict maps `service-ips` and
 `service-nodeports` dispatch to `service-`/`external-` chains; `numgen random mod N vmap`
 picks an `endpoint-` chain; `no-endpoint-services` / `no-endpoint-nodeports` reject or
-drop; masquerading through `mark-for-masquerade` (mark 0x004000) and `masquerading`;
-ClientIP affinity through one dynamic timeout set per endpoint.
+drop; the `cluster-ips` set rejects a ClusterIP's undefined ports and the Service CIDR's
+unallocated addresses are dropped; masquerading through `mark-for-masquerade` (mark
+0x004000) and `masquerading`; ClientIP affinity through one dynamic timeout set per
+endpoint. NodePorts answer on every local address but loopback (kube-proxy's
+`--nodeport-addresses` unset; its `primary` default writes a `nodeport-ips` set instead).
 
 Sync: the first sync of a node loads the whole table in one `nft -f` transaction (delete
 and re-create). Every later sync diffs the new ruleset against the last one applied on
@@ -14,21 +21,23 @@ namespace on this kernel, an `nft -f` script over the node's runner otherwise (V
 batch skips nft's cache dump, which grows with the table; what is left is the kernel's
 commit, which revalidates the whole table whenever a change adds a jump or goto.
 
-Differences from kube-proxy: base chain priorities are written as numbers (nft 1.0.6
-rejects `dstnat` on the output hook), and stale chains are deleted in the same transaction
-(kernels >= 6.2 allow it; kube-proxy waits a second for older ones).
+Differences from kube-proxy: stale chains are deleted in the same transaction (kernels >=
+6.2 allow it; kube-proxy waits a second for older ones).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from kubelab import naming as n
 from kubelab.dataplanes.reference.proxier.base import Proxier, ProxierContext
 from kubelab.dataplanes.reference.proxier.nft_netlink import NETLINK_NETFILTER, Batch
+from kubelab.errors import LabError
 from kubelab.hosts import Runner
 from kubelab.model import Categorized, Endpoint, Service, ServicePort, ServiceState, categorize
 
@@ -36,27 +45,33 @@ T = f"ip {n.NFT_TABLE}"
 LOAD_TIMEOUT_S = 600.0  # a full load of 10,000 Services x 10 endpoints takes minutes here
 MARK = n.NFT_MASQUERADE_MARK
 
-# name -> (type, hook, priority); priorities are dstnat=-100, srcnat=100 as numbers
+# name -> (type, hook, priority), as kube-proxy writes them (dstnat=-100, filter=0, srcnat=100)
 BASE_CHAINS: dict[str, tuple[str, str, int]] = {
-    "filter-prerouting": ("filter", "prerouting", -110),
-    "filter-input": ("filter", "input", -110),
-    "filter-forward": ("filter", "forward", -110),
-    "filter-output": ("filter", "output", -110),
-    "nat-prerouting": ("nat", "prerouting", -100),
+    "filter-prerouting-pre-dnat": ("filter", "prerouting", -110),
+    "filter-output-pre-dnat": ("filter", "output", -110),
+    "filter-forward": ("filter", "forward", 0),
+    "filter-input": ("filter", "input", 0),
+    "filter-output": ("filter", "output", 0),
     "nat-output": ("nat", "output", -100),
     "nat-postrouting": ("nat", "postrouting", 100),
+    "nat-prerouting": ("nat", "prerouting", -100),
 }
-# (destination chain, source chain, condition)
+# (source chain, condition, destination chain), in kube-proxy's order
 JUMPS = (
-    ("endpoints-check", "filter-input", "ct state new"),
-    ("endpoints-check", "filter-forward", "ct state new"),
-    ("endpoints-check", "filter-output", "ct state new"),
-    ("firewall-check", "filter-prerouting", "ct state new"),
-    ("firewall-check", "filter-output", "ct state new"),
-    ("services", "nat-output", ""),
-    ("services", "nat-prerouting", ""),
-    ("masquerading", "nat-postrouting", ""),
+    ("filter-prerouting-pre-dnat", "ct state new", "firewall-check"),
+    ("filter-forward", "ct state new", "service-endpoints-check"),
+    ("filter-forward", "ct state new", "cluster-ips-check"),
+    ("filter-input", "ct state new", "nodeport-endpoints-check"),
+    ("filter-input", "ct state new", "service-endpoints-check"),
+    ("filter-output", "ct state new", "service-endpoints-check"),
+    ("filter-output-pre-dnat", "ct state new", "firewall-check"),
+    ("filter-output", "ct state new", "cluster-ips-check"),
+    ("nat-output", "", "services"),
+    ("nat-postrouting", "", "masquerading"),
+    ("nat-prerouting", "", "services"),
 )
+# plain sets: name -> comment
+SETS: dict[str, str] = {"cluster-ips": "Active ClusterIPs"}
 MAPS: dict[str, tuple[str, str]] = {
     "no-endpoint-services": (
         "ipv4_addr . inet_proto . inet_service : verdict",
@@ -83,13 +98,16 @@ class NftRuleset:
     """The content of `table ip kube-proxy` for one node, as data that can be diffed."""
 
     chains: dict[str, list[str]] = field(default_factory=dict)
-    elements: dict[str, dict[str, str]] = field(default_factory=lambda: {name: {} for name in MAPS})
+    # map or set -> key -> verdict ("" for a set's element)
+    elements: dict[str, dict[str, str]] = field(
+        default_factory=lambda: {name: {} for name in (*SETS, *MAPS)}
+    )
     affinity_sets: dict[str, int] = field(default_factory=dict)  # name -> timeout seconds
 
     def rule(self, chain: str, text: str) -> None:
         self.chains.setdefault(chain, []).append(text)
 
-    def element(self, map_name: str, key: str, value: str) -> None:
+    def element(self, map_name: str, key: str, value: str = "") -> None:
         self.elements[map_name][key] = value
 
     def merge(self, other: NftRuleset) -> None:
@@ -122,8 +140,7 @@ class NftChange:
             keys = ", ".join(k.split(" comment ")[0] for k, _ in self.elements)
             return f"delete element {T} {self.name} {{ {keys} }}"
         if self.verb == "add element":
-            body = ", ".join(f"{k} : {v}" for k, v in self.elements)
-            return f"add element {T} {self.name} {{ {body} }}"
+            return f"add element {T} {self.name} {{ {_element_list(self.elements)} }}"
         return f"{self.verb} {T} {self.name}"
 
     def into(self, batch: Batch) -> None:
@@ -160,9 +177,14 @@ def _chain_header(name: str) -> str:
     return f"type {kind} hook {hook} priority {prio}; policy accept;"
 
 
+def _element_list(elements: Iterable[tuple[str, str]]) -> str:
+    """`key : verdict, ...` for a map, `key, ...` for a set (whose values are "")."""
+    return ", ".join(f"{k} : {v}" if v else k for k, v in elements)
+
+
 class NftablesProxier(Proxier):
     mode: ClassVar[str] = "nftables"
-    layout: ClassVar[str] = "kube-proxy v1.29-v1.30 pkg/proxy/nftables"
+    layout: ClassVar[str] = "kube-proxy v1.36 pkg/proxy/nftables"
 
     tools: ClassVar[tuple[str, ...]] = ("nft", "conntrack")
     packages: ClassVar[str] = "nftables conntrack"
@@ -176,7 +198,7 @@ class NftablesProxier(Proxier):
     # --- render -------------------------------------------------------------------------------
 
     def ruleset(self, services: list[ServiceState], ctx: ProxierContext) -> NftRuleset:
-        rs = self.base()
+        rs = self.base(ctx)
         for state in services:
             rs.merge(self.fragment(state, ctx))
         return rs
@@ -190,24 +212,37 @@ class NftablesProxier(Proxier):
         return rs
 
     @staticmethod
-    def base() -> NftRuleset:
+    def base(ctx: ProxierContext) -> NftRuleset:
         """Everything that does not depend on the Services."""
         rs = NftRuleset()
         for name in BASE_CHAINS:
             rs.chains[name] = []
-        for dst, src, cond in JUMPS:
+        for src, cond, dst in JUMPS:
             rs.chains.setdefault(dst, [])
             rs.rule(src, f"{cond} jump {dst}".strip())
+        rs.rule(
+            "cluster-ips-check",
+            'ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"',
+        )
+        if ctx.service_cidr is not None:
+            rs.rule(
+                "cluster-ips-check",
+                f"ip daddr {{ {ctx.service_cidr} }} drop "
+                'comment "Drop traffic to unallocated ClusterIPs"',
+            )
         rs.rule("mark-for-masquerade", f"mark set mark or {MARK}")
         rs.rule("masquerading", f"mark and {MARK} == 0 return")
         rs.rule("masquerading", f"mark set mark xor {MARK}")
         rs.rule("masquerading", "masquerade fully-random")
         rs.rule("reject-chain", "reject")
         no_local = "ip daddr != 127.0.0.0/8"
-        rs.rule("endpoints-check", "ip daddr . meta l4proto . th dport vmap @no-endpoint-services")
         rs.rule(
-            "endpoints-check",
-            f"fib daddr type local {no_local} meta l4proto . th dport vmap @no-endpoint-nodeports",
+            "service-endpoints-check",
+            "ip daddr . meta l4proto . th dport vmap @no-endpoint-services",
+        )
+        rs.rule(
+            "nodeport-endpoints-check",
+            f"{no_local} meta l4proto . th dport vmap @no-endpoint-nodeports",
         )
         rs.rule("firewall-check", "ip daddr . meta l4proto . th dport vmap @firewall-ips")
         rs.rule("services", "ip daddr . meta l4proto . th dport vmap @service-ips")
@@ -243,19 +278,39 @@ class NftablesProxier(Proxier):
         has_internal, has_external = cat.has_internal, cat.has_external
         internal_chain = local_chain if cat.internal_local else cluster_chain
         external_policy_chain = local_chain if external_local else cluster_chain
-        uses_ext = cat.has_any and port.node_port is not None
+        externally = port.node_port is not None or bool(svc.external_addresses)
+        uses_ext = cat.has_any and externally
+        uses_fw = bool(svc.load_balancer_ips and svc.load_balancer_source_ranges)
+        fw_chain = f"firewall-{self._names(svc, port)[0].removeprefix('service-')}"
         verdict = "goto reject-chain" if not cat.has_any else "drop"
         key = f"{svc.cluster_ip} . {proto} . {port.port}"
 
+        rs.element("cluster-ips", str(svc.cluster_ip))
         if has_internal:
             rs.element("service-ips", key, f"goto {internal_chain}")
             rs.rule(
                 internal_chain,
-                f"ip daddr {svc.cluster_ip} {proto} dport {port.port} "
-                f"ip saddr != {ctx.cluster_cidr} jump mark-for-masquerade",
+                f"ip daddr {svc.cluster_ip} ip saddr != {ctx.cluster_cidr} "
+                "jump mark-for-masquerade",
             )
         else:
             rs.element("no-endpoint-services", f'{key} comment "{port_name}"', verdict)
+        for kind, ip in svc.external_addresses:
+            ext_key = f"{ip} . {proto} . {port.port}"
+            if cat.has_any:
+                rs.element("service-ips", ext_key, f"goto {external_chain}")
+            if kind == "loadbalancer" and uses_fw:
+                rs.element("firewall-ips", ext_key, f"goto {fw_chain}")
+            if not has_external:
+                rs.element("no-endpoint-services", f'{ext_key} comment "{port_name}"', verdict)
+        if uses_fw:
+            allowed = [str(r) for r in svc.load_balancer_source_ranges]
+            node_ip = self.node_ips.get(ctx.node)
+            if node_ip and any(
+                ipaddress.IPv4Address(node_ip) in r for r in svc.load_balancer_source_ranges
+            ):
+                allowed += [str(ip) for ip in svc.load_balancer_ips]  # the node's own calls
+            rs.rule(fw_chain, f"ip saddr != {{ {', '.join(allowed)} }} drop")
         if port.node_port is not None:
             np_key = f"{proto} . {port.node_port}"
             if uses_ext:
@@ -330,6 +385,8 @@ class NftablesProxier(Proxier):
             lines.append(
                 f"\tset {name} {{ type ipv4_addr; flags dynamic,timeout; timeout {timeout}s; }}"
             )
+        for name, comment in SETS.items():
+            lines.append(f'\tset {name} {{ type ipv4_addr; comment "{comment}"; }}')
         for name, (kind, comment) in MAPS.items():
             lines.append(f'\tmap {name} {{ type {kind}; comment "{comment}"; }}')
         for name, rules in rs.chains.items():
@@ -344,8 +401,7 @@ class NftablesProxier(Proxier):
         lines.append("}")
         for map_name, elements in rs.elements.items():
             if elements:
-                body = ", ".join(f"{k} : {v}" for k, v in elements.items())
-                lines.append(f"add element {T} {map_name} {{ {body} }}")
+                lines.append(f"add element {T} {map_name} {{ {_element_list(elements.items())} }}")
         return "\n".join(lines) + "\n"
 
     @staticmethod
@@ -412,7 +468,7 @@ class NftablesProxier(Proxier):
                 new[state.service.key] = _Fragment(state, self.fragment(state, ctx))
         changes: list[NftChange] | None = None
         if old is None:
-            whole = self.base()
+            whole = self.base(ctx)
             for fragment in new.values():
                 whole.merge(fragment.rules)
             text = self.full_script(whole)
@@ -428,17 +484,28 @@ class NftablesProxier(Proxier):
             text = self._script(changes)
         started = time.perf_counter()
         sock = runner.netlink(NETLINK_NETFILTER) if changes else None
-        if changes and sock is not None:
+        batch = self._batch(changes) if changes and sock is not None else None
+        if batch is not None and sock is not None:
             # a delta to a node reachable over netlink: one batch, without nft's cache dump
-            batch = Batch(n.NFT_TABLE)
-            for change in changes:
-                change.into(batch)
             batch.send(sock, runner.name)
         else:
             self.apply(runner, text)
         self.last_apply_seconds = time.perf_counter() - started
         self._applied[ctx.node] = new
         return text
+
+    @staticmethod
+    def _batch(changes: list[NftChange]) -> Batch | None:
+        """The delta as one netlink batch; None when a rule is outside what nft_netlink
+        compiles (a firewall chain with several source ranges: an anonymous interval set),
+        and the delta then goes as an `nft -f` script."""
+        batch = Batch(n.NFT_TABLE)
+        try:
+            for change in changes:
+                change.into(batch)
+        except LabError:
+            return None
+        return batch
 
     def forget(self) -> None:
         """The lab went down, or a benchmark wants a full load: the next sync of every node
