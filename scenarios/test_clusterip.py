@@ -4,7 +4,9 @@ and lives on no interface (iptables, nftables) or only on kube-ipvs0 (IPVS)."""
 
 from __future__ import annotations
 
-from kubelab.checks import uniform_spread
+from typing import Any
+
+from kubelab.checks import crosscheck_probes, uniform_spread
 from kubelab.lab import Lab
 from kubelab.pytest_plugin import CaseRecord
 from scenario_helpers import SERVICE, a_pod_on, answers, clusterip_url, failures, get_from
@@ -34,14 +36,21 @@ def test_reachable_from_every_pod_and_node(lab: Lab, record: CaseRecord) -> None
     record.verdict()
 
 
-def test_spread_is_uniform(lab: Lab, record: CaseRecord) -> None:
+def test_spread_is_uniform(lab: Lab, hosts: dict[str, Any], record: CaseRecord) -> None:
+    """...and each answer is one the trace of the request's packet through the caller's
+    node allows."""
     endpoints = {p.name for p in lab.running_pods("echo")}
     n = PER_ENDPOINT * len(endpoints)
-    caller = a_pod_on(lab, lab.topology.nodes[0].name)
+    node = lab.topology.nodes[0].name
+    caller = a_pod_on(lab, node)
     results = get_from(lab, caller, clusterip_url(lab, SERVICE), n)
     record.metric("requests", n, "count", f"new connection each, from {caller}")
     record.expect(not failures(results), f"{len(failures(results))} requests failed")
     uniform_spread(answers(results), endpoints, record)
+    source = next(p for p in lab.running_pods("echo", node) if p.name == caller)
+    host, port = lab.clusterip_target(SERVICE)
+    pairs = [(pod, None) for pod in answers(results)]
+    crosscheck_probes(lab, hosts[node], node, record, pairs, str(source.ip), host, port, "echo")
     record.verdict()
 
 

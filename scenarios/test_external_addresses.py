@@ -8,14 +8,15 @@ LoadBalancer Service", "should only allow access from service loadbalancer sourc
 "should work for type=LoadBalancer" with externalTrafficPolicy Local) and kube-proxy's
 TestLoadBalancer / TestExternalIPs packet-flow tables. The client reaches each address
 through the node the lab announces it from (see the README's limits). Every node's rules
-are audited against the table the Services call for, kinds and source ranges included.
+are audited against the table the Services call for, kinds and source ranges included, and
+every probe is checked against a trace of its packet through the announcing node's rules.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from kubelab.checks import audit_nodes
+from kubelab.checks import audit_nodes, crosscheck_probes
 from kubelab.lab import Lab
 from kubelab.pytest_plugin import CaseRecord, Resources, Traffic
 from scenario_helpers import probe_from
@@ -36,6 +37,14 @@ def _probe(lab: Lab, traffic: Traffic, record: CaseRecord, address: str) -> Any:
         f"{frame.loc[~frame['ok'], 'error'].head(1).tolist()}",
     )
     return frame[frame["ok"]]
+
+
+def _crosscheck(lab: Lab, hosts: dict[str, Any], record: CaseRecord, ok: Any, address: str) -> None:
+    """Each probe against the trace of its packet through the announcing node's rules."""
+    node = _announced_by(lab, address)
+    pairs = list(zip(ok["pod"], ok["client_ip"], strict=True))
+    crosscheck_probes(lab, hosts[node], node, record, pairs, str(lab.topology.client.ip),
+                      address, 80, "echo")  # fmt: skip
 
 
 def _announced_by(lab: Lab, address: str) -> str:
@@ -68,6 +77,7 @@ def test_load_balancer_ip_answers_from_the_client(
         client_ip not in set(ok["client_ip"]),
         f"pods saw the client's IP {client_ip} through {address}: policy Cluster must SNAT",
     )
+    _crosscheck(lab, hosts, record, ok, address)
     audit_nodes(lab, hosts, record)
     record.verdict()
 
@@ -95,6 +105,7 @@ def test_local_policy_keeps_client_ip_at_the_load_balancer_ip(
         f"pods saw {sorted(set(ok['client_ip']) - {client_ip})} instead of the client's "
         f"IP {client_ip} at {address}: traffic was SNATed",
     )
+    _crosscheck(lab, hosts, record, ok, address)
     audit_nodes(lab, hosts, record)
     record.verdict()
 
@@ -150,5 +161,6 @@ def test_an_external_ip_is_forwarded_like_a_nodeport(
         client_ip not in set(ok["client_ip"]),
         f"pods saw the client's IP {client_ip} at external IP {address}: it must be SNATed",
     )
+    _crosscheck(lab, hosts, record, ok, address)
     audit_nodes(lab, hosts, record)
     record.verdict()

@@ -1,12 +1,13 @@
 """Claim: a NodePort answers on every node and reaches pods on other nodes; its path is
 NodePort -> service chain -> endpoint (read from the rules); under policy Cluster the pods
-see a node-side address, never the client's."""
+see a node-side address, never the client's. Every probe is also checked against a trace of
+its packet through the node's rules."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from kubelab.checks import audit_nodes
+from kubelab.checks import audit_nodes, crosscheck_probes
 from kubelab.lab import Lab
 from kubelab.pytest_plugin import CaseRecord, Traffic
 from scenario_helpers import SERVICE
@@ -36,6 +37,9 @@ def test_every_node_answers_and_reaches_other_nodes(
             f"{node.name}: pods that never answered: {sorted(set(endpoints) - answered)}",
         )
         record.expect(bool(remote), f"{node.name}: the NodePort reached no pod on another node")
+        pairs = list(zip(ok["pod"], ok["client_ip"], strict=True))
+        crosscheck_probes(lab, hosts[node.name], node.name, record, pairs, client, host, port,
+                          "echo")  # fmt: skip
         seen = set(ok["client_ip"])
         record.expect(
             client not in seen and seen <= lab.node_addresses(node.name),

@@ -3,7 +3,9 @@ IP but every pod in the cluster answers; with Local, only the target node's pods
 each sees the client's real IP.
 
 Mirrors upstream e2e (test/e2e/network/loadbalancer.go, "should preserve source IP ...").
-Each probe is one new TCP connection from the external client to node 1's NodePort.
+Each probe is one new TCP connection from the external client to node 1's NodePort, and
+each is checked against a trace of its packet through node 1's rules (the pod that
+answered and the address it saw must be what the trace allows).
 The rules are dumped on every node through testinfra (the same way on VMs), read by the
 rule auditor in any proxy mode, and compared with the table the Services and endpoints
 call for; the claim's own part (masquerade or not, local endpoints only) is checked on top.
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubelab.checks import audit_nodes, external_policy_in_rules
+from kubelab.checks import audit_nodes, crosscheck_probes, external_policy_in_rules
 from kubelab.lab import Lab
 from kubelab.pytest_plugin import CaseRecord, Resources, Traffic
 from scenario_helpers import SERVICE, get_from
@@ -45,6 +47,13 @@ def _probe_nodeport(lab: Lab, traffic: Traffic, record: CaseRecord) -> tuple[Any
         f"{frame.loc[~frame['ok'], 'error'].head(1).tolist()}",
     )
     return frame[frame["ok"]], target.name
+
+
+def _crosscheck(lab: Lab, hosts: dict[str, Any], record: CaseRecord, ok: Any, node: str) -> None:
+    host, port = lab.nodeport_target(SERVICE, node)
+    seen = list(zip(ok["pod"], ok["client_ip"], strict=True))
+    crosscheck_probes(lab, hosts[node], node, record, seen, str(lab.topology.client.ip),
+                      host, port, "echo")  # fmt: skip
 
 
 def _described(samples: Any, started: float) -> str:
@@ -79,6 +88,7 @@ def test_cluster_policy_snats(
     record.expect(
         seen <= node_side, f"pods saw addresses {sorted(seen - node_side)}, not {target}'s"
     )
+    _crosscheck(lab, hosts, record, ok, target)
     for node, table in audit_nodes(lab, hosts, record).items():
         policy, _ = external_policy_in_rules(lab, hosts[node], table, SERVICE)
         record.expect(
@@ -109,6 +119,7 @@ def test_local_policy_keeps_client_ip(
         f"pods saw {sorted(seen - {client_ip})} instead of the client's IP {client_ip}: "
         "traffic was SNATed",
     )
+    _crosscheck(lab, hosts, record, ok, target)
     for node, table in audit_nodes(lab, hosts, record).items():
         policy, endpoints = external_policy_in_rules(lab, hosts[node], table, SERVICE)
         local = sorted(f"{p.ip}:{p.port}" for p in lab.running_pods("echo", node))

@@ -34,13 +34,17 @@ class SabotagedProxier(Proxier):
     mode = "iptables"
 
     def __init__(
-        self, inner: Proxier, text: TextSabotage | None, states: StateSabotage | None
+        self,
+        inner: Proxier,
+        text: TextSabotage | None,
+        states: StateSabotage | None,
+        dump_command: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__()
         self.inner = inner
         self.text = text
         self.states = states
-        self.dump_command = inner.dump_command  # type: ignore[misc]
+        self.dump_command = dump_command or inner.dump_command  # type: ignore[misc]
 
     def render(self, services: list[ServiceState], ctx: ProxierContext) -> str:
         if self.states:
@@ -80,6 +84,12 @@ def reject_becomes_drop(text: str, ctx: ProxierContext) -> str:
     return re.sub(r"(has no endpoints.*)-j REJECT", r"\1-j DROP", text)
 
 
+def source_ranges_ignored(text: str, ctx: ProxierContext) -> str:
+    # LoadBalancer IPs go straight to KUBE-EXT-, past their KUBE-FW- chain and its filter DROP
+    text = re.sub(r"^(-A KUBE-SERVICES .*)-j KUBE-FW-(\S+)$", r"\1-j KUBE-EXT-\2", text, flags=re.M)
+    return drop_lines(r"^-A KUBE-PROXY-FIREWALL .*traffic not accepted")(text, ctx)
+
+
 def itp_ignored(states: list[ServiceState]) -> list[ServiceState]:
     return [
         replace(s, service=s.service.with_changes(internal_traffic_policy="Cluster"))
@@ -99,11 +109,13 @@ def run_broken(
     *,
     text: TextSabotage | None = None,
     states: StateSabotage | None = None,
+    dump_command: tuple[str, ...] | None = None,
     k: str | None = None,
 ) -> pd.DataFrame:
     dataplane = lab.dataplane
     honest = dataplane.proxier  # type: ignore[attr-defined]
-    dataplane.proxier = SabotagedProxier(honest, text, states)  # type: ignore[attr-defined]
+    broken = SabotagedProxier(honest, text, states, dump_command)
+    dataplane.proxier = broken  # type: ignore[attr-defined]
     writer = ResultsWriter(tmp_path / "run", context_for(lab, "broken"))
     try:
         lab.sync("sabotage")
@@ -226,6 +238,37 @@ def test_no_hairpin_masquerade_fails(lab: Lab, tmp_path: Path) -> None:
 def test_missing_udp_rules_fail(lab: Lab, tmp_path: Path) -> None:
     verdicts = run_broken(lab, tmp_path, "multi_port_and_udp", text=drop_lines(r"-p udp"))
     failed_with(verdicts, "every_port_and_protocol_answers", "expected pod names")
+
+
+def test_rules_that_say_otherwise_than_the_kernel_did_fail_the_crosscheck(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The dump the trace reads names another endpoint than the one the kernel uses (as a
+    wrong model of the rules would): every probe that pod answers disagrees."""
+    lying = ("sh", "-c", "iptables-save | sed 's/10\\.244\\.2\\.3:8080/10.244.2.99:8080/'")
+    verdicts = run_broken(lab, tmp_path, "nodeport", dump_command=lying)
+    failed_with(
+        verdicts,
+        "every_node_answers_and_reaches_other_nodes",
+        "echo-node2-1 (10.244.2.3:8080) answered, outside the trace 192.168.56.254 -> ",
+        "path: nat KUBE-SERVICES -> KUBE-NODEPORTS",
+    )
+
+
+def test_ignored_source_ranges_fail_the_source_ranges_case(lab: Lab, tmp_path: Path) -> None:
+    verdicts = run_broken(
+        lab,
+        tmp_path,
+        "external_addresses",
+        text=source_ranges_ignored,
+        k="outside_the_ranges",
+    )
+    failed_with(
+        verdicts,
+        "a_source_outside_the_ranges_is_refused",
+        "answered 5 of 5 probes from 192.168.56.254: expected none",
+        "loadBalancerSourceRanges none in the rules, expected 192.168.56.0/25",
+    )
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""Measurements and expectations scenarios share: rule audits on every node, a chi-square
-test of an endpoint spread, failover timelines from per-probe samples."""
+"""Measurements and expectations scenarios share: rule audits on every node, probes checked
+against a trace of their packet through the node's rules, a chi-square test of an endpoint
+spread, failover timelines from per-probe samples."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from scipy import stats
 
 from kubelab.lab import Lab
 from kubelab.rules.audit import audit
+from kubelab.rules.audit import trace as trace_dump
 from kubelab.rules.expected import diff_tables, expected_table
 from kubelab.rules.table import ForwardingTable
+from kubelab.rules.trace import Packet, Trace
 
 # reject "uniform" below this p-value. The suite runs the test many times a day (every lab,
 # every CI run); at 0.001 a fair kernel failed a case about once in 150 CI runs. At 1e-4,
@@ -139,3 +142,52 @@ def record_failover(record: Recorder, outcome: Failover) -> None:
         "blackout_window", outcome.blackout_s, "s", "first to last failed probe, by send time"
     )
     record.metric("recovery_time", outcome.recovery_s, "s", "change to the last failed probe sent")
+
+
+# at most this many disagreeing probes are named one by one; the rest are counted
+NAMED_DISAGREEMENTS = 3
+
+
+def crosscheck_probes(
+    lab: Lab,
+    host: Any,
+    node: str,
+    record: Recorder,
+    answers: list[tuple[str, str | None]],
+    source: str,
+    destination: str,
+    port: int,
+    workload: str,
+    protocol: str = "tcp",
+) -> Trace:
+    """The rules' model against what the kernel did: trace the probes' packet (`source` to
+    `destination:port`) through `node`'s dump, then expect every probe's answering pod
+    (`answers`: pod name and the client address it saw, None if unknown) among the
+    trace's endpoints (`workload`'s pods, at the port their Service targets), and the
+    address it saw to be the source unless the trace masquerades that endpoint. IPVS
+    dumps hold no masquerading: only the pod is checked there."""
+    dump = host.check_output(shlex.join(lab.dataplane.dump_command))
+    packet = Packet(source, destination, port, protocol)
+    trace = trace_dump(dump, f"{node} rules", packet, lab.node_addresses(node))
+    where = {p.name: f"{p.ip}:{p.port}" for p in lab.running_pods(workload)}
+    shown = f"trace {source} -> {destination}:{port}/{protocol} on {node}: {trace.outcome}"
+    shown += f" to {', '.join(trace.endpoints) or 'nothing'}"
+    bad: list[str] = []
+    for i, (pod, seen) in enumerate(answers):
+        endpoint = where.get(pod, f"{pod}?")
+        if endpoint not in trace.endpoints:
+            bad.append(f"probe {i}: {pod} ({endpoint}) answered, outside the {shown}")
+            continue
+        if seen is None or lab.dataplane.proxy_mode == "ipvs":
+            continue
+        masqueraded = trace.masqueraded.get(endpoint, False)
+        if masqueraded == (seen == source):
+            want = "a node address (masqueraded)" if masqueraded else source
+            bad.append(f"probe {i}: {pod} saw {seen}, the {shown} says it sees {want}")
+    record.metric(f"probes_crosschecked_on_{node}", len(answers), "count", shown)
+    record.metric(f"probes_disagreeing_with_trace_on_{node}", len(bad), "count")
+    for line in bad[:NAMED_DISAGREEMENTS]:
+        record.expect(False, f"{node}: {line}; path: {' | '.join(trace.path)}")
+    if len(bad) > NAMED_DISAGREEMENTS:
+        record.expect(False, f"{node}: {len(bad) - NAMED_DISAGREEMENTS} more probes disagree")
+    return trace

@@ -179,6 +179,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from kubelab.rules.table import render_text
 
     text, source = _read_dump(args.dump)
+    if args.trace:
+        return _trace(text, source, args)
     try:
         table = audit(text, source, args.pod_cidr, set(args.node_address))
     except AuditInputError as exc:
@@ -201,6 +203,27 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"DIFF {line}")
     print(f"{len(differences)} differences against {args.expect} for node {args.node}")
     return 1 if differences else 0
+
+
+def _trace(text: str, source: str, args: argparse.Namespace) -> int:
+    from kubelab.rules.audit import AuditInputError, trace
+    from kubelab.rules.trace import TraceInputError, parse_flow, render_text
+
+    try:
+        packet = parse_flow(*args.trace)
+        for address in args.node_address:
+            parse_flow(address, "0.0.0.0:1")  # the same one-line error for a bad address
+        result = trace(text, source, packet, set(args.node_address))
+    except TraceInputError as exc:
+        raise SpecError(str(exc).replace("--trace SRC", "--node-address")
+                        if "0.0.0.0:1" in str(exc) else str(exc)) from None  # fmt: skip
+    except AuditInputError as exc:
+        raise SpecError(str(exc)) from None
+    if args.format == "json":
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(render_text(result), end="")
+    return 0
 
 
 def _read_dump(arg: str) -> tuple[str, str]:
@@ -435,7 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="IP",
         help="an address of the node (repeatable): IPVS virtual servers on it in the "
-        "NodePort range are NodePorts",
+        "NodePort range are NodePorts; with --trace, what `type local` matches",
+    )
+    p.add_argument(
+        "--trace",
+        nargs=2,
+        metavar=("SRC", "DST:PORT[/PROTO]"),
+        help="follow one new connection from SRC to DST:PORT (tcp, udp or sctp) through the "
+        "rules and print where it goes",
     )
     p.set_defaults(func=cmd_audit)
     p = sub.add_parser("box", help="the VM labs' Vagrant box: build it from Debian packages")

@@ -16,6 +16,10 @@ from kubelab.rules.iptables_table import read_iptables
 from kubelab.rules.ipvsadm import read_ipvsadm
 from kubelab.rules.nft_table import read_nftables
 from kubelab.rules.table import ForwardingTable, check_table
+from kubelab.rules.trace import Packet, Trace
+from kubelab.rules.trace_iptables import trace_iptables
+from kubelab.rules.trace_ipvs import trace_ipvs
+from kubelab.rules.trace_nft import trace_nft
 
 
 class AuditInputError(ValueError):
@@ -110,3 +114,20 @@ def audit(
     table = read_dump(text, source, node_addresses)
     check_table(table, nets)
     return table
+
+
+def trace(text: str, source: str, packet: Packet, node_addresses: set[str]) -> Trace:
+    """Follow `packet` through the dump's rules (see trace.py)."""
+    kind = detect(text)
+    if kind == "unknown":
+        read_dump(text, source)  # raises the one-line error naming what was looked for
+    try:
+        if kind == "iptables":
+            return trace_iptables(text, packet, node_addresses)
+        if kind in ("nftables-json", "nftables-text"):
+            return trace_nft(text, packet, node_addresses)
+        return trace_ipvs(text, packet)
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise AuditInputError(
+            f"{source}: could not trace through this {kind} dump: {type(exc).__name__}: {exc}"
+        ) from None
