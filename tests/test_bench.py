@@ -155,10 +155,10 @@ def test_programming_times_every_node_of_every_change(tmp_path: Path) -> None:
     assert 'id="bench-programming"' in html and "Network-programming latency per node" in html
     layouts = json.loads((report.parent / "provenance.json").read_text())["proxier_layout"]
     assert layouts == {
-        "iptables": "kube-proxy v1.31 pkg/proxy/iptables",
-        "nftables": "kube-proxy v1.29-v1.30 pkg/proxy/nftables",
+        "iptables": "kube-proxy v1.31-v1.36 pkg/proxy/iptables",
+        "nftables": "kube-proxy v1.36 pkg/proxy/nftables",
     }
-    assert "kube-proxy v1.31 pkg/proxy/iptables" in html  # the report's provenance says so
+    assert "kube-proxy v1.31-v1.36 pkg/proxy/iptables" in html  # the report's provenance says so
 
 
 def test_programming_skips_a_node_count_the_budget_cannot_afford(tmp_path: Path) -> None:

@@ -186,3 +186,28 @@ def test_cli_text_and_json() -> None:
     assert any("firewall-ips" in step for step in doc["path"])
     bad = kubelab("audit", dump, "--trace", "nowhere", "5.6.7.8:80")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+
+
+def test_the_announcing_node_has_a_ready_endpoint_under_policy_local() -> None:
+    """MetalLB's L2 choice, as the lab makes it: under policy Local only a node with a
+    ready endpoint announces; otherwise the first node."""
+    from dataclasses import replace
+    from ipaddress import IPv4Address, IPv4Network
+
+    from helpers import upstream_services
+    from kubelab.dataplanes.reference.announcer import announcements
+    from kubelab.topology import NodeInfo
+
+    nodes = [
+        NodeInfo(name, i, IPv4Address(f"192.168.0.{i + 1}"), IPv4Network(f"10.180.{i}.0/24"),
+                 IPv4Address(f"10.180.{i}.1"))
+        for i, name in enumerate(("other", "test-node"), start=1)
+    ]  # fmt: skip
+    states = upstream_services()
+    routes = {str(k): str(v) for k, v in announcements(states, nodes).items()}
+    # svc2 (Local) has no endpoint on either node: nobody announces its two addresses
+    assert routes == {"192.168.99.33": "192.168.0.2", "5.6.7.8": "192.168.0.2"}
+    svc2 = next(s for s in states if s.service.name == "svc2")
+    moved = replace(svc2, endpoints=tuple(replace(e, node="test-node") for e in svc2.endpoints))
+    routes = {str(k): str(v) for k, v in announcements([moved], nodes).items()}
+    assert routes == {"192.168.99.22": "192.168.0.3", "1.2.3.4": "192.168.0.3"}

@@ -81,9 +81,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             + (f" nodePort {p['node_port']}" if p["node_port"] else "")
             for p in s["ports"]
         )
+        external = [*s.get("external_ips", []), *s.get("load_balancer_ips", [])]
+        ranges = s.get("load_balancer_source_ranges", [])
         console.print(
             f"  service {s['name']} {s['type']} {s['cluster_ip']} {ports} "
             f"eTP={s['external_traffic_policy']}"
+            + (f" external {', '.join(external)}" if external else "")
+            + (f" from {', '.join(ranges)}" if ranges else "")
         )
     return 0
 

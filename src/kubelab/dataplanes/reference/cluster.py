@@ -375,6 +375,9 @@ def _service_status(state: ServiceState) -> dict[str, Any]:
         "internal_traffic_policy": s.internal_traffic_policy,
         "session_affinity": s.session_affinity,
         "health_check_node_port": s.health_check_node_port,
+        "external_ips": [str(ip) for ip in s.external_ips],
+        "load_balancer_ips": [str(ip) for ip in s.load_balancer_ips],
+        "load_balancer_source_ranges": [str(r) for r in s.load_balancer_source_ranges],
         "ports": [
             {
                 "name": p.name,

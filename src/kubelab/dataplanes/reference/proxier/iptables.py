@@ -1,11 +1,13 @@
 """The iptables proxier: kube-proxy's iptables-mode layout, with kube-proxy's partial sync.
 
-The text follows pkg/proxy/iptables/proxier.go (v1.31): the same chain names, hashes,
-comments, probabilities and masquerade mark, so `iptables-save` of a lab node reads like a
-kube-proxy node and the rule auditor reads both the same way. Differences from kube-proxy,
-on purpose: the built-in chains' jump rules are part of the same restore (kube-proxy ensures
-them with separate calls), because the lab owns the node's whole ruleset; there is no
-nfacct counter on the INVALID drop.
+The text follows pkg/proxy/iptables/proxier.go (v1.31-v1.36; tested rule for rule against
+its TestOverallIPTablesRules): the same chain names, hashes, comments, probabilities and
+masquerade mark, LoadBalancer IPs with `KUBE-FW-` and filter `KUBE-PROXY-FIREWALL` for
+loadBalancerSourceRanges, so `iptables-save` of a lab node reads like a kube-proxy node and
+the rule auditor reads both the same way. Differences from kube-proxy, on purpose: the
+built-in chains' jump rules are part of the same restore (kube-proxy ensures them with
+separate calls), because the lab owns the node's whole ruleset; there are no nfacct counters
+and no localhost NodePorts (route_localnet).
 
 Syncs are partial as since kube-proxy 1.28 (KEP-3453): the first sync of a node, and one
 every FULL_SYNC_PERIOD_S or after a partial restore fails, loads both tables whole; the
@@ -128,7 +130,7 @@ class _Applied:
 
 class IptablesProxier(Proxier):
     mode: ClassVar[str] = "iptables"
-    layout: ClassVar[str] = "kube-proxy v1.31 pkg/proxy/iptables"
+    layout: ClassVar[str] = "kube-proxy v1.31-v1.36 pkg/proxy/iptables"
 
     def __init__(self, scheduler: str = "rr", node_ips: dict[str, str] | None = None) -> None:
         super().__init__(scheduler, node_ips)
