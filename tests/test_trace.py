@@ -211,3 +211,14 @@ def test_the_announcing_node_has_a_ready_endpoint_under_policy_local() -> None:
     moved = replace(svc2, endpoints=tuple(replace(e, node="test-node") for e in svc2.endpoints))
     routes = {str(k): str(v) for k, v in announcements([moved], nodes).items()}
     assert routes == {"192.168.99.22": "192.168.0.3", "1.2.3.4": "192.168.0.3"}
+
+
+def test_an_excerpt_ends_the_trace_and_says_where() -> None:
+    text = (DUMPS / "k8s-1.6-affinity-and-masq.iptables-save").read_text()
+    got = trace(text, "excerpt", parse_flow("192.168.1.5", "10.96.0.1:443"), set())
+    assert got.outcome == "none"
+    assert got.notes == [
+        "KUBE-SEP-6FZLAPUAJM6OKK6A has no rules in this dump (an excerpt?): the trace ends there"
+    ]
+    # the off-cluster source was marked on the way (pre-1.20: in KUBE-SERVICES)
+    assert got.path[0] == "nat KUBE-SERVICES: mark for masquerade"

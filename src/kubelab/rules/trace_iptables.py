@@ -77,6 +77,8 @@ class IptablesTracer:
             self.notes.add(f"stopped following at {chain}: chains nest deeper than {MAX_DEPTH}")
             return [(branch, "return")]
         rules = self.reader.chain(chain, table)
+        if not rules and chain.startswith(("KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-", "KUBE-EXT-")):
+            self.notes.add(f"{chain} has no rules in this dump (an excerpt?): the trace ends there")
         return self._rules(table, chain, rules, 0, branch, depth)
 
     def _rules(
