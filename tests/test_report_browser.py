@@ -16,7 +16,9 @@ from kubelab.report.html import render
 from kubelab.results import ResultRow, ResultsWriter, RunContext, Verdict, write_provenance
 from kubelab.spec import load_spec
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = (
+    shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+)
 FLAGS = [
     "--headless",
     "--no-sandbox",
