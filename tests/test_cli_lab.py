@@ -64,6 +64,7 @@ SCENARIOS = {
     "rules",
     "nodeport",
     "source_ip",
+    "external_addresses",
     "session_affinity",
     "failover",
     "no_endpoints",

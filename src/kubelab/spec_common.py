@@ -65,12 +65,14 @@ class NetworkSpec(StrictModel):
 
     @property
     def lb_pool(self) -> ipaddress.IPv4Network:
+        """The pool in use. A node network smaller than a /26 has no room for the default:
+        a /32 pool that holds no host, so LoadBalancer Services are refused until one is
+        set."""
         if self.load_balancer_pool is not None:
             return self.load_balancer_pool
         if self.node_cidr.prefixlen > 26:
-            return ipaddress.IPv4Network(f"{self.node_cidr.network_address}/32")  # no room
-        last = list(self.node_cidr.subnets(new_prefix=28))[-2]
-        return last
+            return ipaddress.IPv4Network(f"{self.node_cidr.network_address}/32")
+        return ipaddress.IPv4Network(f"{self.node_cidr.broadcast_address - 31}/28")
 
     @field_validator("load_balancer_pool", mode="before")
     @classmethod
