@@ -91,23 +91,25 @@ class IptablesTracer:
                 i += 1
                 continue
             if rule.probability is not None and rule.probability < 1.0:
-                taken = self._target(table, chain, rule, branch.split(rule.probability), depth)
-                out: Ends = []
-                for b, v in taken:
-                    if v == "return":
-                        out += self._rules(table, chain, rules, i + 1, b, depth)
-                    else:
-                        out.append((b, v))
+                # the statistic match splits the packet: its share takes the target, the
+                # rest goes on with the next rule
+                taken = self._then(table, chain, rules, i, branch.split(rule.probability), depth)
                 rest = branch.split(1.0 - rule.probability)
-                return out + self._rules(table, chain, rules, i + 1, rest, depth)
-            out = []
-            for b, v in self._target(table, chain, rule, branch, depth):
-                if v == "continue":
-                    out += self._rules(table, chain, rules, i + 1, b, depth)
-                else:
-                    out.append((b, v))
-            return out
+                return taken + self._rules(table, chain, rules, i + 1, rest, depth)
+            return self._then(table, chain, rules, i, branch, depth)
         return [(branch, "return")]
+
+    def _then(
+        self, table: str, chain: str, rules: list[Rule], i: int, branch: Branch, depth: int
+    ) -> Ends:
+        """Rule i matched: its target, then the next rules for what comes back."""
+        out: Ends = []
+        for b, v in self._target(table, chain, rules[i], branch, depth):
+            if v == "continue":
+                out += self._rules(table, chain, rules, i + 1, b, depth)
+            else:
+                out.append((b, v))
+        return out
 
     def _target(self, table: str, chain: str, rule: Rule, branch: Branch, depth: int) -> Ends:
         """What the rule's target does; "continue" goes on with the next rule."""
