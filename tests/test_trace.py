@@ -186,6 +186,8 @@ def test_cli_text_and_json() -> None:
     assert any("firewall-ips" in step for step in doc["path"])
     bad = kubelab("audit", dump, "--trace", "nowhere", "5.6.7.8:80")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    node = kubelab("audit", dump, "--node-address", "node1", "--trace", BLOCKED, "5.6.7.8:80")
+    assert node.returncode == 2 and "--node-address: " in node.stderr, node.stderr
 
 
 def test_the_announcing_node_has_a_ready_endpoint_under_policy_local() -> None:

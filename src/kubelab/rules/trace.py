@@ -172,7 +172,10 @@ def render_text(trace: Trace) -> str:
 
 
 def local_addresses(node_addresses: set[str]) -> set[ipaddress.IPv4Address]:
-    return {ipaddress.IPv4Address(a) for a in node_addresses}
+    try:
+        return {ipaddress.IPv4Address(a) for a in node_addresses}
+    except ValueError as exc:
+        raise TraceInputError(f"--node-address: {exc}; give the node's IPv4 addresses") from None
 
 
 def is_local(address: str, node: set[ipaddress.IPv4Address]) -> bool:

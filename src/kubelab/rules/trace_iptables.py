@@ -12,8 +12,6 @@ named in the notes.
 
 from __future__ import annotations
 
-import ipaddress
-
 from kubelab.rules.iptables_save import Rule
 from kubelab.rules.iptables_table import IptablesReader
 from kubelab.rules.trace import (
@@ -86,8 +84,7 @@ class IptablesTracer:
     ) -> Ends:
         while i < len(rules):
             rule = rules[i]
-            matched = self._matches(rule, branch)
-            if matched is None:
+            if not self._matches(rule, branch):
                 i += 1
                 continue
             if rule.probability is not None and rule.probability < 1.0:
@@ -148,8 +145,8 @@ class IptablesTracer:
             out.append((b, "continue" if v == "return" else v))
         return out
 
-    def _matches(self, rule: Rule, branch: Branch) -> bool | None:
-        """True if every match of the rule holds for the packet, None if one does not."""
+    def _matches(self, rule: Rule, branch: Branch) -> bool:
+        """Whether every match of the rule holds for the packet."""
         p = branch.packet
         args = list(rule.conditions)
         i = 0
@@ -159,7 +156,7 @@ class IptablesTracer:
                 i += 1
             flag = args[i]
             value = args[i + 1] if i + 1 < len(args) else ""
-            ok: bool | None
+            ok: bool
             step = 2
             if flag == "-m":
                 module = value
@@ -169,11 +166,11 @@ class IptablesTracer:
                     continue
                 if module == "recent":
                     if "--rcheck" in args or "--update" in args:
-                        return None  # a first connection has no affinity entry yet
+                        return False  # a first connection has no affinity entry yet
                     i += 2
                     continue
                 self.notes.add(f"-m {module} cannot be decided from a dump; taken as no match")
-                return None
+                return False
             if flag in ("-s", "--source"):
                 ok = in_network(p.src, value)
             elif flag in ("-d", "--destination"):
@@ -197,12 +194,12 @@ class IptablesTracer:
                 ok, step = True, 1
             elif flag in ("-i", "-o", "--in-interface", "--out-interface"):
                 self.notes.add(f"{flag} {value} cannot be decided from a dump; taken as no match")
-                return None
+                return False
             else:
                 self.notes.add(f"{flag} is not read by the tracer; taken as no match")
-                return None
+                return False
             if ok == negate:
-                return None
+                return False
             i += step
         return True
 
@@ -215,6 +212,4 @@ def _after(args: tuple[str, ...], flag: str) -> str | None:
 
 
 def trace_iptables(text: str, packet: Packet, node_addresses: set[str]) -> Trace:
-    for address in node_addresses:
-        ipaddress.IPv4Address(address)
     return IptablesTracer(text, node_addresses).trace(packet)

@@ -21,7 +21,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubelab.rules.nft_table import _blocks, _rule_lines
+from kubelab.rules.nft_table import Dump, _blocks, _rule_lines, dump_from_json, dump_from_text
 from kubelab.rules.trace import (
     Branch,
     Outcome,
@@ -53,7 +53,6 @@ class Table:
     base: list[BaseChain] = field(default_factory=list)
     maps: dict[str, dict[tuple[str, ...], tuple[str, str | None]]] = field(default_factory=dict)
     sets: dict[str, list[str]] = field(default_factory=dict)
-    unknown: list[str] = field(default_factory=list)
 
 
 # --- text ------------------------------------------------------------------------------------
@@ -182,26 +181,20 @@ def table_from_text(text: str) -> Table:
                 if re.match(r"^(policy\s|comment\s|devices\s)", line):
                     continue
                 terms = text_terms(line)
-                if terms is None:
-                    table.unknown.append(f"{name}: {line}")
-                    rules.append([("unknown", line)])
-                else:
-                    rules.append(terms)
+                rules.append(terms if terms is not None else [("unknown",)])
             table.chains[name] = rules
-        elif kind in ("map", "set"):
-            elems = re.search(r"elements\s*=\s*\{(.*)\}", block, re.S)
-            items = [" ".join(x.split()) for x in elems.group(1).split(",")] if elems else []
-            if kind == "set":
-                table.sets[name] = [re.sub(r'\s*comment\s+"[^"]*"', "", x) for x in items if x]
-                continue
-            entries: dict[tuple[str, ...], tuple[str, str | None]] = {}
-            for item in items:
-                key, _, verdict = item.rpartition(" : ")
-                key = re.sub(r'\s*comment\s+"[^"]*"', "", key)
-                verb, _, chain = verdict.strip().partition(" ")
-                entries[tuple(k.strip() for k in key.split(" . "))] = (verb, chain or None)
-            table.maps[name] = entries
+    _maps_and_sets(dump_from_text(text), table)
     return table
+
+
+def _maps_and_sets(dump: Dump, table: Table) -> None:
+    """Map elements and set members as the auditor reads them (nft_table.py)."""
+    for name, entries in dump.maps.items():
+        table.maps[name] = {}
+        for tokens, verdict, _comment in entries:
+            verb, _, chain = verdict.partition(" ")
+            table.maps[name][tokens] = (verb, chain or None)
+    table.sets.update(dump.set_elements)
 
 
 # --- JSON ------------------------------------------------------------------------------------
@@ -290,22 +283,10 @@ def table_from_json(text: str) -> Table:
                 table.base.append(BaseChain(obj["name"], obj["hook"], int(obj.get("prio", 0))))
         elif kind == "rule":
             terms = json_terms(obj.get("expr", []))
-            if terms is None:
-                table.unknown.append(f"{obj['chain']}: {json.dumps(obj.get('expr'))[:80]}")
-                terms = [("unknown", "")]
-            table.chains.setdefault(obj["chain"], []).append(terms)
-        elif kind == "set":
-            table.sets[obj["name"]] = [_json_value(e)[0] for e in obj.get("elem", [])]
-        elif kind == "map":
-            entries: dict[tuple[str, ...], tuple[str, str | None]] = {}
-            for key, value in obj.get("elem", []):
-                if isinstance(key, dict) and "elem" in key:
-                    key = key["elem"]["val"]
-                parts = key["concat"] if isinstance(key, dict) and "concat" in key else [key]
-                ((verb, target),) = value.items() if isinstance(value, dict) else ((value, None),)
-                chain = target["target"] if isinstance(target, dict) else None
-                entries[tuple(_json_value(p)[0] for p in parts)] = (verb, chain)
-            table.maps[obj["name"]] = entries
+            table.chains.setdefault(obj["chain"], []).append(
+                terms if terms is not None else [("unknown",)]
+            )
+    _maps_and_sets(dump_from_json(text), table)
     return table
 
 

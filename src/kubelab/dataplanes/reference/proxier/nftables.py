@@ -252,9 +252,10 @@ class NftablesProxier(Proxier):
         )
         return rs
 
-    def _names(self, svc: Service, port: ServicePort) -> tuple[str, str, str]:
+    def _names(self, svc: Service, port: ServicePort) -> tuple[str, str, str, str]:
+        """The service port's cluster, local, external and firewall chains."""
         base = n.nft_service_base(svc.namespace, svc.name, port.protocol, port.name)
-        return f"service-{base}", f"local-{base}", f"external-{base}"
+        return f"service-{base}", f"local-{base}", f"external-{base}", f"firewall-{base}"
 
     def _endpoint_names(self, svc: Service, port: ServicePort, ep: Endpoint) -> tuple[str, str]:
         base = n.nft_endpoint_base(
@@ -273,7 +274,7 @@ class NftablesProxier(Proxier):
         proto = port.protocol.lower()
         port_name = svc.port_name(port)
         cat: Categorized = categorize(svc, endpoints, ctx.node)
-        cluster_chain, local_chain, external_chain = self._names(svc, port)
+        cluster_chain, local_chain, external_chain, fw_chain = self._names(svc, port)
         external_local = cat.external_local
         has_internal, has_external = cat.has_internal, cat.has_external
         internal_chain = local_chain if cat.internal_local else cluster_chain
@@ -281,7 +282,6 @@ class NftablesProxier(Proxier):
         externally = port.node_port is not None or bool(svc.external_addresses)
         uses_ext = cat.has_any and externally
         uses_fw = bool(svc.load_balancer_ips and svc.load_balancer_source_ranges)
-        fw_chain = f"firewall-{self._names(svc, port)[0].removeprefix('service-')}"
         verdict = "goto reject-chain" if not cat.has_any else "drop"
         key = f"{svc.cluster_ip} . {proto} . {port.port}"
 
