@@ -19,11 +19,13 @@ needs_vagrant = pytest.mark.skipif(
     shutil.which("vagrant") is None, reason="vagrant is not installed (apt-get install vagrant)"
 )
 VM_SPEC = ROOT / "labs" / "vm-ipvs.yaml"
+# every lab of labs/ whose nodes are VMs, the Kubernetes ones included
+VM_LABS = sorted(p for p in (ROOT / "labs").glob("vm-*.yaml"))
 
 
-def _lab_json(tmp_path: Path) -> Path:
+def _lab_json(tmp_path: Path, spec: Path = VM_SPEC) -> Path:
     out = subprocess.run(
-        [sys.executable, "-m", "kubelab.cli", "vagrant-json", str(VM_SPEC)],
+        [sys.executable, "-m", "kubelab.cli", "vagrant-json", str(spec)],
         capture_output=True, text=True, check=True, cwd=ROOT,
     ).stdout  # fmt: skip
     path = tmp_path / "lab.json"
@@ -59,14 +61,16 @@ def test_the_vagrantfile_makes_one_vm_per_node_from_the_spec(tmp_path: Path) -> 
 
 
 @needs_vagrant
-def test_vagrant_validate_passes_for_libvirt(tmp_path: Path) -> None:
-    result = _validate(tmp_path, "libvirt", KUBELAB_LAB_JSON=str(_lab_json(tmp_path)))
+@pytest.mark.parametrize("spec", VM_LABS, ids=lambda p: p.stem)
+def test_vagrant_validate_passes_for_libvirt(tmp_path: Path, spec: Path) -> None:
+    result = _validate(tmp_path, "libvirt", KUBELAB_LAB_JSON=str(_lab_json(tmp_path, spec)))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Vagrantfile validated successfully" in result.stdout
 
 
 @needs_vagrant
-def test_vagrant_validate_passes_for_virtualbox(tmp_path: Path) -> None:
+@pytest.mark.parametrize("spec", VM_LABS, ids=lambda p: p.stem)
+def test_vagrant_validate_passes_for_virtualbox(tmp_path: Path, spec: Path) -> None:
     # Vagrant checks the VirtualBox block only when that provider is usable: a stub
     # VBoxManage that prints a version makes it so without VirtualBox installed
     stub = tmp_path / "bin" / "VBoxManage"
@@ -76,7 +80,7 @@ def test_vagrant_validate_passes_for_virtualbox(tmp_path: Path) -> None:
     result = _validate(
         tmp_path,
         "virtualbox",
-        KUBELAB_LAB_JSON=str(_lab_json(tmp_path)),
+        KUBELAB_LAB_JSON=str(_lab_json(tmp_path, spec)),
         PATH=f"{stub.parent}:{os.environ['PATH']}",
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -114,13 +118,13 @@ def test_the_playbooks_pass_ansible_lint_production() -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("playbook", ["site.yml", "collect.yml"])
+@pytest.mark.parametrize("playbook", ["site.yml", "collect.yml", "kubernetes.yml"])
 def test_the_playbooks_pass_ansibles_syntax_check(playbook: str, tmp_path: Path) -> None:
     inventory = tmp_path / "inventory.yml"
     inventory.write_text("all:\n  children:\n    nodes:\n      hosts: {n1: {}}\n    client: {}\n")
     result = subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "--syntax-check",
-         "-i", str(inventory), f"playbooks/{playbook}"],
+         "-i", str(inventory), "-e", "kubernetes_control_plane=n1", f"playbooks/{playbook}"],
         capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
         env={**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "playbooks" / "roles")},
     )  # fmt: skip

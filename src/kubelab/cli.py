@@ -108,6 +108,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kubelab.run import resume_run, run_lab  # imports pytest; keep the others light
 
     pytest_args = [*(["-k", args.k] if args.k else []), *args.pytest_args]
+    if args.matrix:
+        return _run_matrix(args, pytest_args)
     if args.resume:
         if args.lab or args.scenarios or args.k:
             raise SpecError("run --resume RUN_DIR takes the lab, scenarios and cases of that "
@@ -126,6 +128,55 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(f"report: {outcome.report}")
     print(outcome.report)
     return outcome.exit_code
+
+
+def _run_matrix(args: argparse.Namespace, pytest_args: list[str]) -> int:
+    from kubelab.matrix import load_matrix, run_matrix
+
+    if args.lab or args.resume:
+        raise SpecError("run --matrix FILE runs the matrix's labs; drop LAB and --resume")
+    matrix = load_matrix(Path(args.matrix))
+    outcome = run_matrix(
+        matrix, args.scenarios and Path(args.scenarios), Path(args.reports), pytest_args, _step
+    )
+    console.print(f"matrix: {outcome.folder / 'matrix.json'}")
+    print(outcome.report or outcome.folder / "matrix.json")
+    return outcome.exit_code
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from kubelab.plan import cluster_of, lab_plan, render_text
+
+    if args.matrix:
+        from kubelab.matrix import describe, load_matrix
+
+        if args.lab or args.vars:
+            raise SpecError("plan --matrix FILE plans the matrix's labs; drop LAB and --vars")
+        matrix = load_matrix(Path(args.matrix))
+        if args.format == "json":
+            plans = {c.name: lab_plan(c.spec) for c in matrix.runnable if c.spec}
+            print(json.dumps({"cells": describe(matrix), "plans": plans}, indent=1, default=str))
+            return 0
+        for row in describe(matrix):
+            values = ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("lab", "refused"))
+            verdict = f"refused: {row['refused']}" if "refused" in row else "planned"
+            print(f"{row['lab']:<11} {values:<40} {verdict}")
+        return 0
+    if not args.lab:
+        raise SpecError("plan: name a lab (kubelab plan labs/vm-kubernetes.yaml) or --matrix FILE")
+    _, spec = _load(args.lab)
+    if args.vars:
+        cluster = cluster_of(spec)
+        if cluster is None:
+            raise SpecError(
+                f"--vars: lab {spec.name} builds no Kubernetes cluster (dataplane kind "
+                f"{spec.dataplane.kind}); use a lab with dataplane kind kubernetes"
+            )
+        Path(args.vars).write_text(json.dumps(cluster.playbook_vars(), indent=1))
+        console.print(f"variables for playbooks/kubernetes.yml: {args.vars}")
+    plan = lab_plan(spec)
+    print(json.dumps(plan, indent=1, default=str) if args.format == "json" else render_text(plan))
+    return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -343,15 +394,16 @@ def cmd_box(args: argparse.Namespace) -> int:
 
 def cmd_vagrant_json(args: argparse.Namespace) -> int:
     """The lab as the Vagrantfile reads it (what `vagrant` run by hand needs)."""
+    from kubelab.plan import plan_substrate
     from kubelab.substrates.vagrant import VagrantSubstrate
     from kubelab.vm.box import planned_box
 
     _, spec = _load(args.lab)
-    lab = Lab(spec)
-    if not isinstance(lab.substrate, VagrantSubstrate):
+    substrate = plan_substrate(spec)  # the VMs alone, whatever the dataplane
+    if not isinstance(substrate, VagrantSubstrate):
         raise SpecError(f"substrate.kind: {spec.substrate.kind!r} has no VMs; use kind vagrant")
-    driver = "kvm" if lab.substrate.options.accel == "kvm" else "qemu"
-    print(json.dumps(lab.substrate.render(planned_box(), driver), indent=1))
+    driver = "kvm" if substrate.options.accel == "kvm" else "qemu"
+    print(json.dumps(substrate.render(planned_box(), driver), indent=1))
     return 0
 
 
@@ -418,11 +470,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("lab", nargs="?", help="lab spec file, or a name meaning labs/<name>.yaml")
     p.add_argument("--resume", metavar="RUN_DIR", help="run only the unfinished cases of a run")
+    p.add_argument(
+        "--matrix", metavar="FILE", help="run every lab of a matrix (labs/matrix.yaml) and "
+        "compare them in one report"
+    )  # fmt: skip
     p.add_argument("-k", metavar="EXPR", help="only scenarios matching this pytest expression")
     p.add_argument("--scenarios", help="scenario directory (default: scenarios/ beside labs/)")
     p.add_argument("--reports", default="reports", help="where run folders go")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after --")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser(
+        "plan",
+        help="what `up` would do, creating nothing",
+        description="Print the lab's members, inventory and playbooks, and for a Kubernetes "
+        "lab the rendered kubeadm, KubeProxyConfiguration, CNI and MetalLB configuration "
+        "and the files and images its nodes need. Creates nothing.",
+    )
+    p.add_argument("lab", nargs="?", help="lab spec file, or a name meaning labs/<name>.yaml")
+    p.add_argument("--matrix", metavar="FILE", help="list a matrix's labs and refusals instead")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument(
+        "--vars", metavar="FILE", help="also write the variables of playbooks/kubernetes.yml "
+        "(ansible-playbook ... -e @FILE)"
+    )  # fmt: skip
+    p.set_defaults(func=cmd_plan)
     p = lab_cmd("diagnose", "why a Service cannot be reached: the checklist, run for real")
     p.add_argument("service", help="NAME or NAMESPACE/NAME")
     p.add_argument("--from", dest="source", metavar="MEMBER", help="probe from this member")

@@ -15,7 +15,7 @@ from typing import Any
 
 from kubelab import status
 from kubelab.dataplanes.base import Dataplane, ProgrammingEvent
-from kubelab.dataplanes.registry import DATAPLANES
+from kubelab.dataplanes.registry import dataplane_class
 from kubelab.errors import EnvironmentMissing, LabError
 from kubelab.hosts import CommandResult, Runner
 from kubelab.model import Service, ServiceState
@@ -34,7 +34,7 @@ class Lab:
         root = state_root or Path(os.environ.get("KUBELAB_STATE_DIR", STATE_ROOT))
         self.state_dir = root / spec.lab_id
         self.substrate: Substrate = SUBSTRATES[spec.substrate.kind](spec, self.state_dir)
-        self.dataplane: Dataplane = DATAPLANES[spec.dataplane.kind](spec, self.substrate)
+        self.dataplane: Dataplane = dataplane_class(spec)(spec, self.substrate)
         self.dataplane.after_sync.append(self._save_state)
         self.save_status = True  # benchmarks with 10,000s of Services turn this off
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from kubelab.dataplanes.registry import DATAPLANES
+from kubelab.dataplanes.registry import DATAPLANES, PLANNED_ONLY
 from kubelab.errors import SpecError
 from kubelab.spec_common import (
     DNS_LABEL,
@@ -48,7 +48,7 @@ else:
         Field(discriminator="kind"),
     ]
     DataplaneSection = Annotated[
-        Union[tuple(cls.Options for cls in DATAPLANES.values())],  # noqa: UP007
+        Union[(*(cls.Options for cls in DATAPLANES.values()), *PLANNED_ONLY.values())],
         Field(discriminator="kind"),
     ]
 
@@ -85,6 +85,7 @@ class LabSpec(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> LabSpec:
         """Checks across fields. Each message starts with the path of the field to fix."""
+        self.dataplane.check_lab(self)
         members = [(f"nodes[{i}].name", n.name) for i, n in enumerate(self.nodes)]
         members.append(("client.name", self.client.name))
         seen: set[str] = set()
@@ -234,7 +235,9 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in SUBSTRATES or part in DATAPLANES:  # tags pydantic adds to the location
+        elif (
+            part in SUBSTRATES or part in DATAPLANES or part in PLANNED_ONLY
+        ):  # tags pydantic adds to the location
             continue
         else:
             path += f".{part}" if path else str(part)

@@ -8,9 +8,12 @@ DataplaneOptions, in its own module); `kubelab.spec` joins them into the LabSpec
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from kubelab.spec import LabSpec
 
 NODE_PORT_RANGE = (30000, 32767)
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -37,6 +40,10 @@ class DataplaneOptions(StrictModel):
     # how long after a pod dies or a node fails its endpoints leave the rules, as the
     # endpoints controller and node lifecycle controller would take to notice
     endpoint_detection_delay_s: float = Field(1.0, ge=0, le=300)
+
+    def check_lab(self, spec: LabSpec) -> None:
+        """Checks of this dataplane against the rest of the spec (the substrate, say);
+        raise ValueError starting with the field to fix. Default: none."""
 
 
 # --- addressing -------------------------------------------------------------------------------

@@ -58,6 +58,10 @@ class Dataplane(ABC):
         """What the nodes and the client lack for this dataplane, one line each (before up;
         through the substrate's probe runners)."""
 
+    @abstractmethod
+    def plan(self) -> dict[str, Any]:
+        """What `up` would do on the nodes, creating nothing (`kubelab plan`)."""
+
     def provenance(self) -> dict[str, Any]:
         """What a run's provenance records of this dataplane (whose rule layout it wrote)."""
         return {}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,11 @@ def verdict_regressions(results: pd.DataFrame) -> list[str]:
     return out
 
 
-def render_compare(run_dirs: list[Path], out_dir: Path, tolerance: float = 0.2) -> Path:
+def render_compare(
+    run_dirs: list[Path], out_dir: Path, tolerance: float = 0.2, not_run: Sequence[str] = ()
+) -> Path:
+    """compare.html and compare.csv in out_dir. `not_run`: labs of a matrix that were
+    refused or could not run, one line each with the reason, listed on the page."""
     results = _load(run_dirs)
     table = compare_table(results, tolerance)
     regressions = table[table["regression"]]
@@ -99,6 +104,7 @@ def render_compare(run_dirs: list[Path], out_dir: Path, tolerance: float = 0.2) 
     matrix = verdict_matrix(results, "run")
     page = env.get_template("compare.html.j2").render(
         runs=list(dict.fromkeys(results["run"])),
+        not_run=list(not_run),
         tolerance=tolerance,
         summaries={
             run: summary_line(rows[rows["metric"] == "verdict"])

@@ -49,6 +49,9 @@ class Substrate(ABC):
     # False when the members exist only after `up` (VMs): the dataplane's checks of what
     # they have installed then run right after the substrate's `up`.
     members_before_up: ClassVar[bool] = True
+    # False when the nodes must not reach the internet (the VM labs' VMs have no route
+    # out): what they need is copied in from this machine
+    nodes_route_out: ClassVar[bool] = True
 
     def __init__(self, spec: LabSpec, state_dir: Path) -> None:
         self.spec = spec
@@ -59,6 +62,15 @@ class Substrate(ABC):
         """The raw spec mapping with what this substrate knows filled in, before it is
         validated (paths made absolute, nodes taken from an inventory). Default: as is."""
         return data
+
+    @abstractmethod
+    def plan(self) -> dict[str, Any]:
+        """What `up` would make or reach, creating nothing (`kubelab plan`)."""
+
+    def node_interface(self) -> str | None:
+        """The node network's interface name on every node, where the substrate fixes
+        it (CNIs and MetalLB are told it); None where each node's may differ."""
+        return None
 
     @abstractmethod
     def check(self) -> list[str]:

@@ -55,6 +55,8 @@ class HostAccess:
         self.key = str(key) if key else None
         self.python = str(variables.get("ansible_python_interpreter", "python3"))
         self.options = _ssh_options(str(variables.get("ansible_ssh_common_args", "")), name)
+        interface = variables.get("node_interface")  # the node network's, where known
+        self.interface = str(interface) if interface else None
         address = str(variables.get("node_ip", self.host))
         try:
             self.address = ipaddress.IPv4Address(address)
@@ -211,6 +213,25 @@ class ExistingSubstrate(Substrate):
     def location(self, member: str) -> str:
         host = self.hosts[member]
         return f"ssh {host.user}@{host.host}:{host.port}"
+
+    def node_interface(self) -> str | None:
+        """The `node_interface` host variable, when every node gives the same one."""
+        names = {self.hosts[n.name].interface for n in self.spec.nodes}
+        return names.pop() if len(names) == 1 else None
+
+    def plan(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "inventory": self.options.inventory,
+            "hosts": {
+                name: {
+                    "address": str(h.address),
+                    "ssh": f"{h.user}@{h.host}:{h.port}" + (" (sudo)" if h.become else ""),
+                }
+                for name, h in self.hosts.items()
+            },
+            "creates": "nothing but the lab's folder on each host; the dataplane's objects",
+        }
 
     def check(self) -> list[str]:
         """SSH to every host, as root or with sudo (Lab.check removes what this leaves

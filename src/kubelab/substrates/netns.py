@@ -24,7 +24,7 @@ import subprocess
 import sys
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pyroute2 import IPRoute
 
@@ -144,6 +144,15 @@ class NetnsSubstrate(Substrate):
 
     def location(self, member: str) -> str:
         return f"netns {self.netns(member)}"
+
+    def plan(self) -> dict[str, Any]:
+        inv = self._inventory
+        return {
+            "kind": self.kind,
+            "namespaces": [self.netns(m.name) for m in inv.members()] + [self.netns(FABRIC)],
+            "members": {m.name: str(m.ip) for m in inv.members()},
+            "node_network": f"{self.spec.network.node_cidr}, a bridge in {self.netns(FABRIC)}",
+        }
 
     def probe_runner(self, member: str) -> Runner:
         return LocalRunner(member, python=sys.executable)  # the members are this machine

@@ -41,7 +41,7 @@ from kubelab.spec_common import SubstrateOptions
 from kubelab.substrates.base import Progress, Substrate, planned_inventory
 from kubelab.vm import box as boxes
 from kubelab.vm.accel import choose_driver
-from kubelab.vm.ansible_play import run_playbook
+from kubelab.vm.ansible_play import playbook_plays, run_playbook
 from kubelab.vm.libvirt_daemon import LabLibvirt
 from kubelab.vm.vagrant_cli import Vagrant, parse_ssh_config, project_file
 from kubelab.vm.wheelhouse import CLIENT_PYTHON, CLIENT_VENV, build_wheelhouse
@@ -78,6 +78,7 @@ class VagrantOptions(SubstrateOptions):
 
 class VagrantSubstrate(Substrate):
     kind = "vagrant"
+    nodes_route_out = False
     Options = VagrantOptions
     disposable = True
     members_before_up = False
@@ -171,6 +172,37 @@ class VagrantSubstrate(Substrate):
             self._plug_client_namespace()
         progress("site.yml (ansible-runner)")
         run_playbook("site.yml", self.ansible_inventory, self.log_dir / "ansible" / "site")
+
+    def node_interface(self) -> str | None:
+        # Vagrant puts the management network on eth0 and the private node network next;
+        # the box boots with net.ifnames=0
+        return "eth1"
+
+    def plan(self) -> dict[str, Any]:
+        box = boxes.planned_box()
+        vms = self.render(box, "kvm" if self.options.accel == "kvm" else "qemu (or kvm)")
+        return {
+            "kind": self.kind,
+            "box": f"{box.name} {box.version} (built by `kubelab box build`, cached)",
+            "netns": f"{self.netns} (libvirtd, the bridges and the VMs' taps)",
+            "vms": vms["machines"],
+            "client": (
+                f"a VM, {self.spec.client.name}"
+                if self.client_is_vm
+                else f"netns {self.client_netns} on the node network, {self._inventory.client.ip}"
+            ),
+            "management_network": f"{self.options.management_cidr} (isolated, DHCP, no route out)",
+            "inventory": {
+                "nodes": {n.name: {"node_ip": str(n.ip)} for n in self._inventory.nodes},
+                "client": [self.spec.client.name] if self.client_is_vm else [],
+                "vars": [
+                    "ansible_user vagrant",
+                    "ansible_become true",
+                    f"ssh_config {self.ssh_config}",
+                ],
+            },
+            "playbooks": {"site.yml": playbook_plays("site.yml")},
+        }
 
     def playbook_vars(self, progress: Progress) -> dict[str, Any]:
         """site.yml's variables, kept in the inventory so that `ansible-playbook -i

@@ -67,6 +67,21 @@ class PlayProgress:
         )
 
 
+def playbook_plays(name: str) -> list[dict[str, Any]]:
+    """The plays of playbooks/<name> as `kubelab plan` shows them: name, hosts, roles."""
+    import yaml
+
+    plays = yaml.safe_load(project_file("playbooks").joinpath(name).read_text())
+    return [
+        {
+            "name": play["name"],
+            "hosts": play["hosts"],
+            "roles": [r["role"] if isinstance(r, dict) else r for r in play.get("roles", [])],
+        }
+        for play in plays
+    ]
+
+
 def run_playbook(
     name: str | Path,
     inventory: Path,

@@ -88,6 +88,21 @@ class ReferenceDataplane(Dataplane):
     def cni(self) -> tuple[str, str]:
         return ("reference", self.options.pod_network)
 
+    def plan(self) -> dict[str, Any]:
+        o = self.options
+        return {
+            "kind": self.kind,
+            "proxy_mode": o.proxy_mode,
+            **({"scheduler": o.scheduler} if o.proxy_mode == "ipvs" else {}),
+            "rule_layout": self.proxier.layout,
+            "pod_network": f"{o.pod_network}: a bridge per node, {self.spec.network.pod_cidr} "
+            f"in /{self.spec.network.node_pod_prefix} slices",
+            "pods": [
+                f"{p.info.name} {p.info.ip} on {p.info.node}" for p in self.cluster.pods.values()
+            ],
+            "services": [f"{s.namespace}/{s.name} {s.type}" for s in self.spec.services],
+        }
+
     def provenance(self) -> dict[str, Any]:
         return {"proxier_layout": {self.proxy_mode: self.proxier.layout}}  # merged per mode
 
