@@ -52,3 +52,20 @@ def test_every_tox_environment_named_exists_and_the_tests_run_as_root() -> None:
     named = {m for run in runs for m in re.findall(r"tox -e (\w+)", run)}
     assert named and named <= envs, f"unknown tox environments: {named - envs}"
     assert any(re.search(r"sudo .*tox -e py", run) for run in runs)
+
+
+def test_the_nightly_runs_the_matrices_and_publishes_the_comparison() -> None:
+    doc = yaml.safe_load((ROOT / ".github" / "workflows" / "nightly.yml").read_text())
+    assert doc[True]["schedule"][0]["cron"]  # PyYAML reads the key `on` as True
+    runs = "\n".join(s.get("run", "") for job in doc["jobs"].values() for s in job["steps"])
+    for matrix in re.findall(r"--matrix (\S+)", runs):
+        assert (ROOT / matrix).is_file(), matrix
+    assert (
+        "--matrix labs/matrix-local.yaml" in runs
+        and "kubelab plan --matrix labs/matrix.yaml" in runs
+    )
+    assert "kubelab report history" in runs and "tox -e vm" in runs
+    uses = [s.get("uses", "") for job in doc["jobs"].values() for s in job["steps"]]
+    assert any(u.startswith("actions/cache") for u in uses)  # the box, the history
+    assert any(u.startswith("actions/deploy-pages") for u in uses)
+    assert doc["jobs"]["publish"]["needs"] == ["embedded-matrix", "vm-labs", "kubernetes-plan"]

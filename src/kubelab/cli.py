@@ -179,6 +179,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from kubelab.fetch import fetch
+    from kubelab.plan import cluster_of
+
+    _, spec = _load(args.lab)
+    cluster = cluster_of(spec)
+    if cluster is None:
+        raise SpecError(
+            f"fetch: lab {spec.name} builds no Kubernetes cluster (dataplane kind "
+            f"{spec.dataplane.kind}); nothing to fetch"
+        )
+    missing = fetch(cluster, say=_step)
+    for line in missing:
+        console.print(f"[yellow]still missing:[/] {line}", soft_wrap=True)
+    print(cluster.artifacts_dir)
+    return 1 if missing else 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -494,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(ansible-playbook ... -e @FILE)"
     )  # fmt: skip
     p.set_defaults(func=cmd_plan)
+    lab_cmd(
+        "fetch", "fill a Kubernetes lab's artifacts folder: files (checksums checked), images"
+    ).set_defaults(func=cmd_fetch)
     p = lab_cmd("diagnose", "why a Service cannot be reached: the checklist, run for real")
     p.add_argument("service", help="NAME or NAMESPACE/NAME")
     p.add_argument("--from", dest="source", metavar="MEMBER", help="probe from this member")

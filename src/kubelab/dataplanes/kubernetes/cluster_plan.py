@@ -117,7 +117,7 @@ class ClusterPlan:
             return []
         root = self.artifacts_dir
         lines = [
-            f"{root}/files/{d.name} is missing; download {d.url}"
+            f"{root}/files/{d.name} is missing; `kubelab fetch` downloads {d.url}"
             for d in self.downloads()
             if not (root / "files" / d.name).is_file()
         ]

@@ -104,6 +104,15 @@ class KubernetesOptions(DataplaneOptions):
             raise ValueError(
                 f"dataplane.artifacts: {self.artifacts!r} is relative; give an absolute path"
             )
+        selected: dict[str, str] = {}
+        for i, svc in enumerate(spec.services):
+            other = selected.setdefault(svc.workload, svc.namespace)
+            if other != svc.namespace:
+                raise ValueError(
+                    f"services[{i}].namespace: on a real cluster a Service selects pods of its "
+                    f"own namespace, and workload {svc.workload!r} is selected from {other!r} "
+                    "already; give this Service a workload of its own"
+                )
         substrate = spec.substrate.kind
         if substrate == "netns":
             raise ValueError(
