@@ -4,7 +4,7 @@ kubeadm, kube-proxy and CNI configuration, and every file and image the nodes ne
 `playbook_vars()` is everything playbooks/kubernetes.yml reads, so that the plan people
 review (`kubelab plan`) is exactly what the roles apply: the roles render nothing of
 their own. Where the nodes have no route out (the VM labs), every file comes from an
-artifacts folder on this machine and every image from OCI archives in it; elsewhere
+artifacts folder on this machine and every image from image archives in it; elsewhere
 the roles fetch each file from its publisher, checked against the publisher's checksum.
 """
 
