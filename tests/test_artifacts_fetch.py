@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from kubelab.fetch import expected_sha256, fetch_file, image_archive
 from kubelab.dataplanes.kubernetes.versions import Download
 from kubelab.errors import LabError
+from kubelab.fetch import expected_sha256, fetch_file, image_archive
 
 BODY = b"containerd release bytes\n" * 1000
 SUM = hashlib.sha256(BODY).hexdigest()
