@@ -447,3 +447,38 @@ def test_the_lab_plan_of_every_matrix_cell_is_data() -> None:
         plan = lab_plan(spec)
         json.dumps(plan)  # serialisable as is
         assert plan["dataplane"]["package_source"] == "artifacts"  # VMs: no route out
+
+
+def test_hosts_you_own_fetch_for_themselves_and_name_their_interface(tmp_path: Path) -> None:
+    (tmp_path / "hosts.ini").write_text(
+        "[nodes]\n"
+        "n1 ansible_host=203.0.113.1 node_ip=10.77.0.11 node_interface=ens4\n"
+        "n2 ansible_host=203.0.113.2 node_ip=10.77.0.12 node_interface=ens4\n"
+        "[client]\nc1 ansible_host=203.0.113.3 node_ip=10.77.0.254\n"
+    )  # documentation addresses: nothing is contacted
+    spec = parse_spec(
+        {
+            "name": "ex",
+            "substrate": {"kind": "existing", "inventory": "hosts.ini"},
+            "dataplane": {"kind": "kubernetes", "proxy_mode": "nftables", "cni": "flannel"},
+            "network": {"node_cidr": "10.77.0.0/24"},
+            "workloads": [{"name": "echo", "pods_per_node": 1}],
+            "services": [
+                {"name": "echo", "workload": "echo", "ports": [{"port": 80, "target_port": 8080}]}
+            ],
+        },
+        "ex.yaml",
+        tmp_path,
+    )
+    plan = cluster_of(spec)
+    assert plan is not None
+    assert plan.package_source == "internet" and plan.missing_artifacts() == []
+    assert [n.name for n in plan.nodes] == ["n1", "n2"]
+    assert plan.cni_config()["args"][-1] == "--iface=ens4"
+    assert plan.cni_config()["net_conf"]["EnableNFTables"] is True
+    assert plan.metallb_documents()[1]["spec"]["interfaces"] == ["ens4"]
+    init = by_kind(plan.init_documents())["InitConfiguration"]
+    assert init["localAPIEndpoint"]["advertiseAddress"] == "10.77.0.11"
+    assert plan.playbook_vars()["kubernetes_downloads"]["runc.amd64"]["checksum"].startswith(
+        "sha256:https://github.com/opencontainers/runc/releases/download/"
+    )
