@@ -26,6 +26,7 @@ from kubelab.errors import SpecError
 from kubelab.matrix import load_matrix
 from kubelab.plan import cluster_of, lab_plan
 from kubelab.spec import LabSpec, parse_spec
+from kubelab.spec_common import NetworkSpec
 
 MATRIX = load_matrix(ROOT / "labs" / "matrix.yaml")
 CELLS = {c.name: c for c in MATRIX.cells}
@@ -39,6 +40,13 @@ def cluster(name: str) -> tuple[LabSpec, ClusterPlan]:
     plan = cluster_of(spec)
     assert plan is not None
     return spec, plan
+
+
+def cell(name: str) -> tuple[LabSpec, ClusterPlan, KubernetesOptions, NetworkSpec]:
+    """A matrix cell's spec, plan, dataplane options and network."""
+    spec, plan = cluster(name)
+    assert isinstance(spec.dataplane, KubernetesOptions)
+    return spec, plan, spec.dataplane, spec.network
 
 
 def by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -177,10 +185,7 @@ def _values_of(doc: dict[str, Any], type_name: str, field: str) -> list[Any]:
 
 @pytest.mark.parametrize("name", RUNNABLE)
 def test_kubeadm_configuration_field_by_field(name: str) -> None:
-    spec, plan = cluster(name)
-    options = spec.dataplane
-    assert isinstance(options, KubernetesOptions)
-    net = spec.network
+    spec, plan, options, net = cell(name)
     nodes = {n.name: str(n.ip) for n in plan.nodes}
     cp = spec.nodes[0].name
     docs = by_kind(plan.init_documents())
@@ -238,10 +243,7 @@ def test_kubeadm_configuration_field_by_field(name: str) -> None:
 
 @pytest.mark.parametrize("name", RUNNABLE)
 def test_cni_and_metallb_configuration_field_by_field(name: str) -> None:
-    spec, plan = cluster(name)
-    options = spec.dataplane
-    assert isinstance(options, KubernetesOptions)
-    net = spec.network
+    _, plan, options, net = cell(name)
     config = plan.cni_config()
     if options.cni == "flannel":
         assert config["net_conf"] == {

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -14,6 +15,9 @@ from kubelab import signals
 from kubelab.errors import KubelabError, SpecError
 from kubelab.lab import Lab
 from kubelab.spec import LabSpec, load_spec
+
+if TYPE_CHECKING:
+    from kubelab.dataplanes.kubernetes.cluster_plan import ClusterPlan
 
 console = Console(stderr=True, highlight=False)
 
@@ -144,8 +148,21 @@ def _run_matrix(args: argparse.Namespace, pytest_args: list[str]) -> int:
     return outcome.exit_code
 
 
+def _cluster(spec: LabSpec, verb: str) -> ClusterPlan:
+    """The Kubernetes cluster the lab builds; bad input when it builds none."""
+    from kubelab.plan import cluster_of
+
+    cluster = cluster_of(spec)
+    if cluster is None:
+        raise SpecError(
+            f"{verb}: lab {spec.name} builds no Kubernetes cluster (dataplane kind "
+            f"{spec.dataplane.kind}); use a lab with dataplane kind kubernetes"
+        )
+    return cluster
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
-    from kubelab.plan import cluster_of, lab_plan, render_text
+    from kubelab.plan import lab_plan, render_text
 
     if args.matrix:
         from kubelab.matrix import describe, load_matrix
@@ -166,12 +183,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise SpecError("plan: name a lab (kubelab plan labs/vm-kubernetes.yaml) or --matrix FILE")
     _, spec = _load(args.lab)
     if args.vars:
-        cluster = cluster_of(spec)
-        if cluster is None:
-            raise SpecError(
-                f"--vars: lab {spec.name} builds no Kubernetes cluster (dataplane kind "
-                f"{spec.dataplane.kind}); use a lab with dataplane kind kubernetes"
-            )
+        cluster = _cluster(spec, "--vars")
         Path(args.vars).write_text(json.dumps(cluster.playbook_vars(), indent=1))
         console.print(f"variables for playbooks/kubernetes.yml: {args.vars}")
     plan = lab_plan(spec)
@@ -181,15 +193,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     from kubelab.fetch import fetch
-    from kubelab.plan import cluster_of
 
     _, spec = _load(args.lab)
-    cluster = cluster_of(spec)
-    if cluster is None:
-        raise SpecError(
-            f"fetch: lab {spec.name} builds no Kubernetes cluster (dataplane kind "
-            f"{spec.dataplane.kind}); nothing to fetch"
-        )
+    cluster = _cluster(spec, "fetch")
     missing = fetch(cluster, say=_step)
     for line in missing:
         console.print(f"[yellow]still missing:[/] {line}", soft_wrap=True)

@@ -8,7 +8,6 @@ earlier run is cleaned first; a failed `up` tears down what it built.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from kubelab.dataplanes.registry import dataplane_class
 from kubelab.errors import EnvironmentMissing, LabError
 from kubelab.hosts import CommandResult, Runner
 from kubelab.model import Service, ServiceState
-from kubelab.naming import STATE_ROOT
+from kubelab.naming import state_dir
 from kubelab.signals import shielded
 from kubelab.spec import LabSpec
 from kubelab.spec_common import ServiceSpec, WorkloadSpec
@@ -31,8 +30,7 @@ from kubelab.topology import PodInfo, Topology
 class Lab:
     def __init__(self, spec: LabSpec, state_root: Path | None = None) -> None:
         self.spec = spec
-        root = state_root or Path(os.environ.get("KUBELAB_STATE_DIR", STATE_ROOT))
-        self.state_dir = root / spec.lab_id
+        self.state_dir = state_dir(spec.lab_id, state_root)
         self.substrate: Substrate = SUBSTRATES[spec.substrate.kind](spec, self.state_dir)
         self.dataplane: Dataplane = dataplane_class(spec)(spec, self.substrate)
         self.dataplane.after_sync.append(self._save_state)

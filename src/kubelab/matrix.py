@@ -92,8 +92,7 @@ def load_matrix(path: Path) -> Matrix:
                 "use a shorter name or fewer axes"
             )
         data = {**base, "name": name, "dataplane": {**base["dataplane"], **values}}
-        shown = ", ".join(f"{k} {v}" for k, v in values.items())
-        data["description"] = f"{matrix.name}: {shown}"
+        data["description"] = f"{matrix.name}: {_shown(values)}"
         try:
             spec = parse_spec(data, name, base_path.parent)
         except SpecError as exc:
@@ -144,10 +143,8 @@ def run_matrix(
     folder = reports_root / f"matrix-{matrix.name}-{stamp}"
     (folder / "labs").mkdir(parents=True)
     scenarios = scenarios or default_scenarios(matrix.path)
-    rows: list[dict[str, Any]] = []
-    not_run = [
-        f"{c.name} ({_shown(c.values)}): refused: {c.refused}" for c in matrix.cells if c.refused
-    ]
+    rows = [{"lab": c.name, **c.values, "status": "refused", "reason": c.refused}
+            for c in matrix.cells if c.refused]  # fmt: skip
     run_dirs: list[Path] = []
     worst = 0
     for cell in matrix.runnable:
@@ -160,14 +157,9 @@ def run_matrix(
         row: dict[str, Any] = {"lab": cell.name, **cell.values}
         try:
             outcome = run_lab(spec_file, scenarios, reports_root, pytest_args, progress)
-        except (SpecError, EnvironmentMissing) as exc:  # this lab cannot run here
-            not_run.append(f"{cell.name} ({_shown(cell.values)}): not run: {exc}")
-            rows.append({**row, "status": "not run", "reason": str(exc)})
-            worst = max(worst, 1)
-            continue
-        except KubelabError as exc:
-            not_run.append(f"{cell.name} ({_shown(cell.values)}): failed: {exc}")
-            rows.append({**row, "status": "failed", "reason": str(exc)})
+        except KubelabError as exc:  # this lab cannot run here, or its run broke
+            cannot = isinstance(exc, SpecError | EnvironmentMissing)
+            rows.append({**row, "status": "not run" if cannot else "failed", "reason": str(exc)})
             worst = max(worst, 1)
             continue
         run_dirs.append(outcome.run_dir)
@@ -176,11 +168,15 @@ def run_matrix(
         worst = max(worst, outcome.exit_code)
         if outcome.exit_code >= 128:  # interrupted: the rest does not run
             break
-    rows += [{"lab": c.name, **c.values, "status": "refused", "reason": c.refused}
-             for c in matrix.cells if c.refused]  # fmt: skip
     (folder / "matrix.json").write_text(
         json.dumps({"matrix": matrix.name, "cells": rows}, indent=1)
     )
+    values = {c.name: c.values for c in matrix.cells}
+    not_run = [
+        f"{r['lab']} ({_shown(values[r['lab']])}): {r['status']}: {r['reason']}"
+        for r in rows
+        if r["status"] != "ran"
+    ]
     report = render_compare(run_dirs, folder, not_run=not_run) if run_dirs else None
     return MatrixOutcome(worst if run_dirs else max(worst, 1), folder, report)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+from pathlib import Path
 
 # Every namespace, process and file of lab <id> carries "kl-<id>-" or "/run/kubelab/<id>".
 LAB_PREFIX = "kl"
@@ -18,6 +20,13 @@ def lab_prefix(lab_id: str) -> str:
 
 def lab_netns(lab_id: str, member: str) -> str:
     return f"{lab_prefix(lab_id)}{member}"
+
+
+def state_dir(lab_id: str, state_root: Path | None = None) -> Path:
+    """Where this machine keeps a lab's state (ssh_config, inventory, status):
+    KUBELAB_STATE_DIR, default STATE_ROOT, then the lab's id."""
+    root = state_root or Path(os.environ.get("KUBELAB_STATE_DIR", STATE_ROOT))
+    return root / lab_id
 
 
 def member_dir(lab_id: str, member: str) -> str:

@@ -7,8 +7,6 @@ with the configuration in the YAML the nodes receive.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -16,7 +14,7 @@ import yaml
 from kubelab.dataplanes.kubernetes.cluster_plan import ClusterPlan, plan_cluster
 from kubelab.dataplanes.kubernetes.options import KubernetesOptions
 from kubelab.dataplanes.registry import DATAPLANES
-from kubelab.naming import STATE_ROOT
+from kubelab.naming import state_dir
 from kubelab.spec import LabSpec
 from kubelab.substrates.base import Substrate
 from kubelab.substrates.registry import SUBSTRATES
@@ -24,8 +22,7 @@ from kubelab.substrates.registry import SUBSTRATES
 
 def plan_substrate(spec: LabSpec) -> Substrate:
     """The lab's substrate, to read its plan and render its VMs; nothing is made."""
-    root = Path(os.environ.get("KUBELAB_STATE_DIR", STATE_ROOT))
-    return SUBSTRATES[spec.substrate.kind](spec, root / spec.lab_id)
+    return SUBSTRATES[spec.substrate.kind](spec, state_dir(spec.lab_id))
 
 
 def cluster_of(spec: LabSpec) -> ClusterPlan | None:

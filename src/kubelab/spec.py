@@ -230,14 +230,15 @@ class LabSpec(StrictModel):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+BACKEND_KINDS = {*SUBSTRATES, *DATAPLANES, *PLANNED_ONLY}
+
+
 def _field_path(loc: tuple[int | str, ...]) -> str:
     path = ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif (
-            part in SUBSTRATES or part in DATAPLANES or part in PLANNED_ONLY
-        ):  # tags pydantic adds to the location
+        elif part in BACKEND_KINDS:  # tags pydantic adds to the location
             continue
         else:
             path += f".{part}" if path else str(part)

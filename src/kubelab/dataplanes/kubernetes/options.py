@@ -46,8 +46,6 @@ class KubernetesOptions(DataplaneOptions):
     # where the nodes' files, packages and images come from when they cannot fetch them
     # (always on the VM labs); default /var/cache/kubelab/kubernetes/<version>
     artifacts: str | None = None
-    # kubelab's default waits for endpoint conditions; the real controllers decide timing
-    endpoint_detection_delay_s: float = 0.0
 
     @property
     def mode(self) -> str:
