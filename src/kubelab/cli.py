@@ -531,8 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
         "audit",
         help="read a kube-proxy dump into a forwarding table",
         description="Read iptables-save / iptables -S, nft list ruleset (text or "
-        "-j) or ipvsadm -Ln / -S -n output into one forwarding table; optionally "
-        "diff it against Services and EndpointSlices.",
+        "-j), ipvsadm -Ln / -S -n or cilium-dbg service list output into one forwarding "
+        "table; optionally diff it against Services and EndpointSlices.",
     )
     p.add_argument("dump", help="file holding the dump, or - for standard input")
     p.add_argument("--format", choices=["table", "json"], default="table")

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import re
 
+from kubelab.rules import cilium
 from kubelab.rules.iptables_table import read_iptables
 from kubelab.rules.ipvsadm import read_ipvsadm
 from kubelab.rules.nft_table import read_nftables
@@ -27,6 +28,8 @@ class AuditInputError(ValueError):
 
 
 def detect(text: str) -> str:
+    if cilium.detect(text):
+        return "cilium"
     stripped = text.lstrip()
     if stripped.startswith("{"):
         return "nftables-json"
@@ -62,8 +65,8 @@ def read_dump(
             )
         raise AuditInputError(
             f"{source}: not a kube-proxy dump ({_first_line(text)}); expected iptables-save or "
-            "iptables -S output with KUBE-* chains, nft list ruleset (text or -j), or ipvsadm "
-            "-Ln / -S -n"
+            "iptables -S output with KUBE-* chains, nft list ruleset (text or -j), ipvsadm "
+            "-Ln / -S -n, or cilium-dbg service list"
         )
     try:
         if kind == "nftables-json":
@@ -88,6 +91,8 @@ def read_dump(
                 table.warnings.append(
                     "a table has no COMMIT line: the dump looks cut off; the table may be partial"
                 )
+        elif kind == "cilium":
+            table = cilium.read_cilium(text)
         else:
             table = read_ipvsadm(text, node_addresses)
     except AuditInputError:
@@ -121,6 +126,11 @@ def trace(text: str, source: str, packet: Packet, node_addresses: set[str]) -> T
     kind = detect(text)
     if kind == "unknown":
         read_dump(text, source)  # raises the one-line error naming what was looked for
+    if kind == "cilium":
+        raise AuditInputError(
+            f"{source}: a Cilium service list holds load-balancer state, not rules to follow; "
+            "--trace reads iptables, nftables or IPVS dumps"
+        )
     try:
         if kind == "iptables":
             return trace_iptables(text, packet, node_addresses)

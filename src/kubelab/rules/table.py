@@ -65,7 +65,7 @@ OPTIONAL_KEYS = ("scheduler", "addresses")
 
 @dataclass
 class ForwardingTable:
-    mode: str  # iptables | nftables | ipvs
+    mode: str  # iptables | nftables | ipvs | cilium (a Cilium service list)
     frontends: list[Frontend] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
