@@ -6,7 +6,8 @@ the lab that made it so that `down` deletes by label.
 The pod answers as the reference dataplane's pods do (the Pod API contract in
 docs/architecture.md): agnhost netexec serves /hostname, /clientip, /echo and /readyz on
 the workload's port and the UDP commands on its UDP port (k/k test/e2e/framework/network
-utils.go's netexec pod, with /readyz as the readiness probe).
+utils.go's netexec pod, with /readyz as the readiness probe), and is Ready only while
+kubelab holds its readiness gate True, so that a scenario can fail its readiness.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ NODE_LABEL = "kubernetes.io/hostname"
 # MetalLB's annotation for a chosen address (spec.loadBalancerIP is deprecated)
 METALLB_IPS = "metallb.io/loadBalancerIPs"
 GRACE_S = 1  # a deleted pod's grace period unless a scenario asks for another
+# a pod is Ready only while kubelab holds this condition True (ClusterApi.set_pod_ready):
+# how a scenario fails a pod's readiness, as the reference dataplane's set_pod_ready does
+READINESS_GATE = "kubelab.io/ready"
 
 
 def _meta(name: str, namespace: str, lab_id: str, **labels: str) -> dict[str, Any]:
@@ -42,6 +46,7 @@ def pod_template(workload: WorkloadSpec, lab_id: str, node: str) -> dict[str, An
         "spec": {
             "nodeSelector": {NODE_LABEL: node},
             "terminationGracePeriodSeconds": GRACE_S,
+            "readinessGates": [{"conditionType": READINESS_GATE}],
             "containers": [
                 {
                     "name": "netexec",

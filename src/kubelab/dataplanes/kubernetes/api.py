@@ -1,0 +1,212 @@
+"""The Kubernetes API calls of the kubernetes dataplane, through the official client.
+
+One method per thing the dataplane's verbs do to a cluster; objects go in as the dicts
+`manifests.py` renders and come back as the API's JSON (`kubectl get -o json` shape,
+read with `_preload_content=False`, so nothing is lost to the client's models). Every
+object kubelab creates carries `manifests.LAB_LABEL`; `delete_lab` deletes by it.
+
+Patches say their type: the client's default for a dict body is a JSON patch, which the
+API server refuses for a merge-style body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from kubelab.dataplanes.kubernetes.manifests import LAB_LABEL, READINESS_GATE, WORKLOAD_LABEL
+from kubelab.errors import LabError
+
+STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+MERGE = "application/merge-patch+json"
+CONFLICT, NOT_FOUND = 409, 404
+
+
+class ClusterApi:
+    def __init__(self, api_client: client.ApiClient, lab_id: str) -> None:
+        self.client = api_client
+        self.lab_id = lab_id
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.discovery = client.DiscoveryV1Api(api_client)
+
+    @classmethod
+    def from_kubeconfig(cls, path: Path, lab_id: str, context: str | None = None) -> ClusterApi:
+        try:
+            api_client = config.new_client_from_config(str(path), context=context)  # type: ignore[no-untyped-call]
+        except (config.ConfigException, OSError) as exc:
+            raise LabError(f"{path}: {exc}") from None
+        return cls(api_client, lab_id)
+
+    @property
+    def selector(self) -> str:
+        return f"{LAB_LABEL}={self.lab_id}"
+
+    # --- create, change, delete -----------------------------------------------------------
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        """Create the object; one that exists already (a rerun after a crash) is patched
+        to what kubelab sends."""
+        kind, meta = obj["kind"], obj["metadata"]
+        create, patch = self._writers(kind)
+        try:
+            create(obj)
+        except ApiException as exc:
+            if exc.status != CONFLICT:
+                raise _error(f"create {kind} {meta['name']}", exc) from None
+            try:
+                patch(meta["name"], obj)
+            except ApiException as again:
+                raise _error(f"update {kind} {meta['name']}", again) from None
+
+    def _writers(
+        self, kind: str
+    ) -> tuple[Callable[[dict[str, Any]], Any], Callable[[str, dict[str, Any]], Any]]:
+        def ns(obj: dict[str, Any]) -> str:
+            return str(obj["metadata"].get("namespace", "default"))
+
+        if kind == "Namespace":
+            return (
+                lambda o: self.core.create_namespace(o),
+                lambda n, o: self.core.patch_namespace(n, o, _content_type=STRATEGIC_MERGE),
+            )
+        if kind == "Service":
+            return (
+                lambda o: self.core.create_namespaced_service(ns(o), o),
+                lambda n, o: self.core.patch_namespaced_service(
+                    n, ns(o), o, _content_type=STRATEGIC_MERGE
+                ),
+            )
+        if kind == "Deployment":
+            return (
+                lambda o: self.apps.create_namespaced_deployment(ns(o), o),
+                lambda n, o: self.apps.patch_namespaced_deployment(
+                    n, ns(o), o, _content_type=STRATEGIC_MERGE
+                ),
+            )
+        raise LabError(f"kubelab does not send {kind} objects")
+
+    def patch_service(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        """Merge `spec` into the Service's spec (traffic policies, affinity, type)."""
+        try:
+            self.core.patch_namespaced_service(
+                name, namespace, {"spec": spec}, _content_type=STRATEGIC_MERGE
+            )
+        except ApiException as exc:
+            raise _error(f"change Service {namespace}/{name}", exc) from None
+
+    def delete_service(self, namespace: str, name: str) -> None:
+        self._delete(lambda: self.core.delete_namespaced_service(name, namespace))
+
+    def scale(self, namespace: str, deployment: str, replicas: int) -> None:
+        try:
+            self.apps.patch_namespaced_deployment_scale(
+                deployment, namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE
+            )
+        except ApiException as exc:
+            raise _error(f"scale Deployment {namespace}/{deployment}", exc) from None
+
+    def delete_pod(self, namespace: str, name: str, grace_s: int) -> None:
+        """Graceful with `grace_s` > 0; 0 is a force delete (the pod object goes at once,
+        as `kubectl delete --force --grace-period=0`)."""
+        self._delete(
+            lambda: self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace_s)
+        )
+
+    def set_pod_ready(self, namespace: str, name: str, ready: bool) -> None:
+        """The pod's readiness gate (`manifests.READINESS_GATE`), as a controller owning
+        it sets it: the kubelet then reports the pod Ready only while it is True."""
+        condition = {"type": READINESS_GATE, "status": "True" if ready else "False"}
+        try:
+            self.core.patch_namespaced_pod_status(
+                name, namespace, {"status": {"conditions": [condition]}},
+                _content_type=STRATEGIC_MERGE,
+            )  # fmt: skip
+        except ApiException as exc:
+            raise _error(f"set the readiness of pod {namespace}/{name}", exc) from None
+
+    def admit_pods(self, namespace: str, workload: str) -> list[str]:
+        """Set the readiness gate True on the workload's pods that have none yet (new
+        ones, after a scale or a restart); their names."""
+        admitted = []
+        for pod in self.pods(namespace, workload):
+            conditions = (pod.get("status") or {}).get("conditions") or []
+            if not any(c.get("type") == READINESS_GATE for c in conditions):
+                name = pod["metadata"]["name"]
+                self.set_pod_ready(namespace, name, True)
+                admitted.append(name)
+        return admitted
+
+    def delete_lab(self, namespaces: list[str]) -> None:
+        """Everything labelled with the lab: Services and Deployments in `namespaces`
+        (their pods go with the Deployments), then the namespaces the lab created."""
+        for namespace in namespaces:
+            self._delete(
+                partial(
+                    self.core.delete_collection_namespaced_service,
+                    namespace, label_selector=self.selector,
+                )
+            )  # fmt: skip
+            self._delete(
+                partial(
+                    self.apps.delete_collection_namespaced_deployment,
+                    namespace, label_selector=self.selector, propagation_policy="Foreground",
+                )
+            )  # fmt: skip
+        labelled = partial(
+            self.core.list_namespace, label_selector=self.selector, _preload_content=False
+        )
+        for item in self._read(labelled):
+            self._delete(partial(self.core.delete_namespace, item["metadata"]["name"]))
+
+    def _delete(self, call: Callable[[], Any]) -> None:
+        try:
+            call()
+        except ApiException as exc:
+            if exc.status != NOT_FOUND:
+                raise _error("delete", exc) from None
+
+    # --- read -------------------------------------------------------------------------------
+
+    def endpoint_slices(self, namespace: str, service: str) -> list[dict[str, Any]]:
+        return self._read(
+            lambda: self.discovery.list_namespaced_endpoint_slice(
+                namespace,
+                label_selector=f"kubernetes.io/service-name={service}",
+                _preload_content=False,
+            )
+        )
+
+    def pods(self, namespace: str, workload: str | None = None) -> list[dict[str, Any]]:
+        selector = self.selector + (f",{WORKLOAD_LABEL}={workload}" if workload else "")
+        return self._read(
+            lambda: self.core.list_namespaced_pod(
+                namespace, label_selector=selector, _preload_content=False
+            )
+        )
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return self._read(lambda: self.core.list_node(_preload_content=False))
+
+    def _read(self, call: Callable[[], Any]) -> list[dict[str, Any]]:
+        try:
+            response = call()
+        except ApiException as exc:
+            raise _error("list", exc) from None
+        items = json.loads(response.data).get("items") or []
+        return [i for i in items if isinstance(i, dict)]
+
+
+def _error(doing: str, exc: ApiException) -> LabError:
+    """One line: what was being done and the API server's own message."""
+    message = exc.reason or ""
+    with contextlib.suppress(ValueError, AttributeError):  # a body that is no Status
+        message = json.loads(exc.body or "{}").get("message") or message
+    return LabError(f"Kubernetes API: {doing}: {exc.status} {message}".rstrip())
