@@ -14,4 +14,7 @@ pytestmark = pytest.mark.kubelab_requires(
 
 
 def test_service_names_resolve_to_the_cluster_ip(lab: Lab, record: CaseRecord) -> None:
-    raise NotImplementedError("runs only on the kubernetes dataplane")  # skipped before this
+    pytest.skip(
+        "not written yet for the kubernetes dataplane: its probe (a query to CoreDNS from "
+        "a pod, with the pod's resolv.conf); the dataplane's verbs exist, this probe not"
+    )

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import DATA, ROOT
-from helpers import kubelab
+from helpers import kubelab, lab_traces
 from kubelab.dataplanes.kubernetes.cluster_plan import ClusterPlan, manifest_images
 from kubelab.dataplanes.kubernetes.options import KubernetesOptions
 from kubelab.errors import SpecError
@@ -434,12 +434,21 @@ def test_plan_lists_the_matrix_with_its_refusals() -> None:
     )
 
 
-def test_up_of_a_kubernetes_lab_is_refused_with_one_line() -> None:
-    proc = kubelab("up", "labs/vm-kubernetes.yaml")
-    assert proc.returncode == 2
+def test_up_without_the_artifacts_stops_before_anything_is_built(tmp_path: Path) -> None:
+    """The VMs have no route out: with the artifacts folder empty, `up` stops with one
+    line naming what is missing and how to get it, and builds nothing (no namespace, no
+    VM: the check runs before the substrate's)."""
+    data = yaml.safe_load((ROOT / "labs" / "vm-kubernetes.yaml").read_text())
+    data["dataplane"]["artifacts"] = str(tmp_path / "empty")
+    spec_file = tmp_path / "vmk8s.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    proc = kubelab("up", str(spec_file))
+    assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "dataplane.kind: kubernetes labs are planned" in lines[0]
-    assert "kubelab plan vmk8s" in lines[0]
+    assert len(lines) == 1, lines
+    assert f"{tmp_path / 'empty'}: " in lines[0] and "artifacts missing" in lines[0]
+    assert "`kubelab fetch vmk8s` on a machine with Internet access" in lines[0]
+    assert lab_traces("vmk8s", vm=True) == []
 
 
 def test_the_lab_plan_of_every_matrix_cell_is_data() -> None:

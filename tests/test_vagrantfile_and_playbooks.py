@@ -129,3 +129,25 @@ def test_the_playbooks_pass_ansibles_syntax_check(playbook: str, tmp_path: Path)
         env={**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "playbooks" / "roles")},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_down_drops_a_killed_labs_machines_from_vagrants_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed during `vagrant up` leaves its machines in Vagrant's global index;
+    `down` removes those (and only those), as Vagrant's own index file holds them."""
+    from kubelab.substrates.vagrant import forget_machines
+
+    index = tmp_path / "data" / "machine-index" / "index"
+    index.parent.mkdir(parents=True)
+    machine = {"name": "node1", "provider": "libvirt", "state": "running",
+               "vagrantfile_path": "/work/main", "extra_data": {}}  # fmt: skip
+    index.write_text(json.dumps({"version": 1, "machines": {
+        "a1": {**machine, "local_data_path": "/run/kubelab/vmk8s/vagrant"},
+        "b2": {**machine, "local_data_path": "/run/kubelab/vmk8s2/vagrant"},
+        "c3": {**machine, "local_data_path": "/home/someone/project/.vagrant"},
+    }}))  # fmt: skip
+    monkeypatch.setenv("VAGRANT_HOME", str(tmp_path))
+    forget_machines("/run/kubelab/vmk8s/")
+    doc = json.loads(index.read_text())
+    assert sorted(doc["machines"]) == ["b2", "c3"] and doc["version"] == 1

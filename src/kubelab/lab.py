@@ -40,7 +40,7 @@ class Lab:
 
     def problems(self) -> list[str]:
         """Every missing thing, one line each (what `kubelab doctor` lists)."""
-        existed, lines = self.exists(), self.substrate.check()
+        existed, lines = self.exists(), self.dataplane.check_host() or self.substrate.check()
         lines = lines or (self.dataplane.check() if self.substrate.members_before_up else [])
         if lines and not existed:
             self.substrate.down()  # what reaching the members left (SSH connections)

@@ -27,23 +27,14 @@ def plan_substrate(spec: LabSpec) -> Substrate:
 
 def cluster_of(spec: LabSpec) -> ClusterPlan | None:
     """The Kubernetes cluster a lab builds, if it builds one."""
-    if not isinstance(spec.dataplane, KubernetesOptions):
-        return None
+    if not isinstance(spec.dataplane, KubernetesOptions) or spec.dataplane.kubeconfig:
+        return None  # the reference dataplane, or a cluster of your own
     return plan_cluster(spec, plan_substrate(spec))
 
 
 def lab_plan(spec: LabSpec) -> dict[str, Any]:
     substrate = plan_substrate(spec)
-    if isinstance(spec.dataplane, KubernetesOptions):
-        cluster = plan_cluster(spec, substrate)
-        dataplane = {
-            "kind": "kubernetes",
-            "proxy_mode": spec.dataplane.proxy_mode,
-            **cluster.as_dict(),
-            "missing_artifacts": cluster.missing_artifacts(),
-        }
-    else:
-        dataplane = DATAPLANES[spec.dataplane.kind](spec, substrate).plan()
+    dataplane = DATAPLANES[spec.dataplane.kind](spec, substrate).plan()
     return {
         "lab": spec.name,
         "description": spec.description,
@@ -66,7 +57,7 @@ def render_text(plan: dict[str, Any]) -> str:
     dataplane = dict(plan["dataplane"])
     sections = [f"lab {plan['lab']}: {plan['description']}".rstrip(": ")]
     sections.append("== substrate\n" + _yaml(plan["substrate"]))
-    if dataplane["kind"] != "kubernetes":
+    if "kubeadm_init" not in dataplane:  # no cluster to build: the reference, or your own
         sections.append("== dataplane\n" + _yaml(dataplane))
         return "\n".join(sections)
     init, joins = dataplane.pop("kubeadm_init"), dataplane.pop("kubeadm_join")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from kubelab.dataplanes.registry import DATAPLANES, PLANNED_ONLY
+from kubelab.dataplanes.registry import DATAPLANES
 from kubelab.errors import SpecError
 from kubelab.spec_common import (
     DNS_LABEL,
@@ -48,7 +48,7 @@ else:
         Field(discriminator="kind"),
     ]
     DataplaneSection = Annotated[
-        Union[(*(cls.Options for cls in DATAPLANES.values()), *PLANNED_ONLY.values())],
+        Union[tuple(cls.Options for cls in DATAPLANES.values())],  # noqa: UP007
         Field(discriminator="kind"),
     ]
 
@@ -230,7 +230,7 @@ class LabSpec(StrictModel):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-BACKEND_KINDS = {*SUBSTRATES, *DATAPLANES, *PLANNED_ONLY}
+BACKEND_KINDS = {*SUBSTRATES, *DATAPLANES}
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

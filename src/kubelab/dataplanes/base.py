@@ -53,6 +53,11 @@ class Dataplane(ABC):
 
     # --- lifecycle ----------------------------------------------------------------------------
 
+    def check_host(self) -> list[str]:
+        """What this machine lacks for the dataplane (files it copies to the nodes, a
+        kubeconfig), one line each; checked before anything is built."""
+        return []
+
     @abstractmethod
     def check(self) -> list[str]:
         """What the nodes and the client lack for this dataplane, one line each (before up;

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from kubelab.errors import LabError
 from kubelab.hosts import Runner
 from kubelab.inventory import Inventory, Member
 from kubelab.spec_common import SubstrateOptions
@@ -128,6 +129,11 @@ class Substrate(ABC):
     def provenance(self) -> dict[str, Any]:
         """What a run's provenance records of this substrate (a VM box, say)."""
         return {}
+
+    def run_playbook(self, name: str, extravars: dict[str, Any]) -> None:
+        """Run playbooks/<name> against the members (ansible-runner), for a dataplane
+        that provisions them (the kubernetes dataplane's cluster)."""
+        raise LabError(f"the {self.kind} substrate runs no playbooks; {name} needs machines")
 
     def keep_records(self, run_dir: Path) -> None:  # noqa: B027 - most keep no records
         """Copy what `up` recorded (logs, playbook artifacts) into a run folder."""

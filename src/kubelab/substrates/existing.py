@@ -251,6 +251,12 @@ class ExistingSubstrate(Substrate):
 
     # --- lifecycle ----------------------------------------------------------------------------
 
+    def run_playbook(self, name: str, extravars: dict[str, Any]) -> None:
+        from kubelab.vm.ansible_play import run_playbook  # ansible-runner: heavy, rarely used
+
+        artifacts = self.state_dir / "ansible" / Path(name).stem
+        run_playbook(name, Path(self.options.inventory), artifacts, extravars=extravars)
+
     def up(self, progress: Progress) -> None:
         self._write_access()
         for name in self.hosts:

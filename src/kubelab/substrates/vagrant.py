@@ -20,6 +20,7 @@ ProxyCommand that enters the lab's namespace (`nsenter --net ... nc`).
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import os
@@ -285,6 +286,7 @@ class VagrantSubstrate(Substrate):
             netns_util.remove_netns(ns)
         shutil.rmtree(self.libvirt.folder.parent, ignore_errors=True)
         shutil.rmtree(self.state_dir, ignore_errors=True)
+        forget_machines(f"{self.state_dir}/")
 
     def exists(self) -> bool:
         return (
@@ -390,6 +392,10 @@ class VagrantSubstrate(Substrate):
             elif source.exists():
                 shutil.copy(source, run_dir / name)
 
+    def run_playbook(self, name: str, extravars: dict[str, Any]) -> None:
+        artifacts = self.log_dir / "ansible" / Path(name).stem
+        run_playbook(name, self.ansible_inventory, artifacts, extravars=extravars)
+
     def collect(self, folder: Path) -> None:
         run_playbook(
             "collect.yml",
@@ -413,3 +419,29 @@ def _sh(argv: list[str]) -> None:
     result = subprocess.run(argv, capture_output=True, text=True)
     if result.returncode != 0:
         raise LabError(f"{' '.join(argv[:4])}: {result.stderr.strip()}")
+
+
+def forget_machines(prefix: str) -> None:
+    """Drop the lab's machines from Vagrant's global index, where a run killed before
+    `vagrant destroy` leaves them (`vagrant global-status --prune` cannot: it loads every
+    indexed Vagrantfile, and kubelab's needs KUBELAB_LAB). Under the index's own lock."""
+    home = Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d"))
+    index = home / "data" / "machine-index" / "index"
+    if not index.exists():
+        return
+    with (index.parent / "index.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            doc = json.loads(index.read_text())
+        except (OSError, ValueError):
+            return
+        machines = doc.get("machines") or {}
+        kept = {
+            uuid: m for uuid, m in machines.items()
+            if not str(m.get("local_data_path", "")).startswith(prefix)
+        }  # fmt: skip
+        if len(kept) != len(machines):
+            doc["machines"] = kept
+            partial = index.with_suffix(".kubelab.tmp")
+            partial.write_text(json.dumps(doc))
+            partial.replace(index)

@@ -1,9 +1,10 @@
 """The Kubernetes API calls of the kubernetes dataplane, through the official client.
 
 One method per thing the dataplane's verbs do to a cluster; objects go in as the dicts
-`manifests.py` renders and come back as the API's JSON (`kubectl get -o json` shape,
-read with `_preload_content=False`, so nothing is lost to the client's models). Every
-object kubelab creates carries `manifests.LAB_LABEL`; `delete_lab` deletes by it.
+`manifests.py` renders and come back as the API's JSON (`kubectl get -o json` shape):
+every call passes `_preload_content=False`, so no response goes through the client's
+models, which refuse what they do not know. Every object kubelab creates carries
+`manifests.LAB_LABEL`; `delete_lab` deletes by it.
 
 Patches say their type: the client's default for a dict body is a JSON patch, which the
 API server refuses for a merge-style body.
@@ -27,6 +28,8 @@ from kubelab.errors import LabError
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
 CONFLICT, NOT_FOUND = 409, 404
+RAW: dict[str, Any] = {"_preload_content": False}
+PATCH: dict[str, Any] = {"_content_type": STRATEGIC_MERGE, **RAW}
 
 
 class ClusterApi:
@@ -74,41 +77,43 @@ class ClusterApi:
 
         if kind == "Namespace":
             return (
-                lambda o: self.core.create_namespace(o),
-                lambda n, o: self.core.patch_namespace(n, o, _content_type=STRATEGIC_MERGE),
+                lambda o: self.core.create_namespace(o, **RAW),
+                lambda n, o: self.core.patch_namespace(n, o, **PATCH),
             )
         if kind == "Service":
             return (
-                lambda o: self.core.create_namespaced_service(ns(o), o),
-                lambda n, o: self.core.patch_namespaced_service(
-                    n, ns(o), o, _content_type=STRATEGIC_MERGE
-                ),
+                lambda o: self.core.create_namespaced_service(ns(o), o, **RAW),
+                lambda n, o: self.core.patch_namespaced_service(n, ns(o), o, **PATCH),
             )
         if kind == "Deployment":
             return (
-                lambda o: self.apps.create_namespaced_deployment(ns(o), o),
-                lambda n, o: self.apps.patch_namespaced_deployment(
-                    n, ns(o), o, _content_type=STRATEGIC_MERGE
-                ),
+                lambda o: self.apps.create_namespaced_deployment(ns(o), o, **RAW),
+                lambda n, o: self.apps.patch_namespaced_deployment(n, ns(o), o, **PATCH),
             )
         raise LabError(f"kubelab does not send {kind} objects")
 
     def patch_service(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
         """Merge `spec` into the Service's spec (traffic policies, affinity, type)."""
         try:
-            self.core.patch_namespaced_service(
-                name, namespace, {"spec": spec}, _content_type=STRATEGIC_MERGE
-            )
+            self.core.patch_namespaced_service(name, namespace, {"spec": spec}, **PATCH)
         except ApiException as exc:
             raise _error(f"change Service {namespace}/{name}", exc) from None
 
     def delete_service(self, namespace: str, name: str) -> None:
-        self._delete(lambda: self.core.delete_namespaced_service(name, namespace))
+        self._delete(lambda: self.core.delete_namespaced_service(name, namespace, **RAW))
+
+    def delete_deployment(self, namespace: str, name: str) -> None:
+        """Its pods go too, each with its grace period."""
+        self._delete(
+            lambda: self.apps.delete_namespaced_deployment(
+                name, namespace, propagation_policy="Foreground", **RAW
+            )
+        )
 
     def scale(self, namespace: str, deployment: str, replicas: int) -> None:
         try:
             self.apps.patch_namespaced_deployment_scale(
-                deployment, namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE
+                deployment, namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE, **RAW
             )
         except ApiException as exc:
             raise _error(f"scale Deployment {namespace}/{deployment}", exc) from None
@@ -117,7 +122,9 @@ class ClusterApi:
         """Graceful with `grace_s` > 0; 0 is a force delete (the pod object goes at once,
         as `kubectl delete --force --grace-period=0`)."""
         self._delete(
-            lambda: self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace_s)
+            lambda: self.core.delete_namespaced_pod(
+                name, namespace, grace_period_seconds=grace_s, **RAW
+            )
         )
 
     def set_pod_ready(self, namespace: str, name: str, ready: bool) -> None:
@@ -127,7 +134,7 @@ class ClusterApi:
         try:
             self.core.patch_namespaced_pod_status(
                 name, namespace, {"status": {"conditions": [condition]}},
-                _content_type=STRATEGIC_MERGE,
+                **PATCH,
             )  # fmt: skip
         except ApiException as exc:
             raise _error(f"set the readiness of pod {namespace}/{name}", exc) from None
@@ -151,20 +158,19 @@ class ClusterApi:
             self._delete(
                 partial(
                     self.core.delete_collection_namespaced_service,
-                    namespace, label_selector=self.selector,
+                    namespace, label_selector=self.selector, **RAW,
                 )
             )  # fmt: skip
             self._delete(
                 partial(
                     self.apps.delete_collection_namespaced_deployment,
                     namespace, label_selector=self.selector, propagation_policy="Foreground",
+                    **RAW,
                 )
             )  # fmt: skip
-        labelled = partial(
-            self.core.list_namespace, label_selector=self.selector, _preload_content=False
-        )
+        labelled = partial(self.core.list_namespace, label_selector=self.selector, **RAW)
         for item in self._read(labelled):
-            self._delete(partial(self.core.delete_namespace, item["metadata"]["name"]))
+            self._delete(partial(self.core.delete_namespace, item["metadata"]["name"], **RAW))
 
     def _delete(self, call: Callable[[], Any]) -> None:
         try:
@@ -180,20 +186,25 @@ class ClusterApi:
             lambda: self.discovery.list_namespaced_endpoint_slice(
                 namespace,
                 label_selector=f"kubernetes.io/service-name={service}",
-                _preload_content=False,
+                **RAW,
             )
         )
 
     def pods(self, namespace: str, workload: str | None = None) -> list[dict[str, Any]]:
         selector = self.selector + (f",{WORKLOAD_LABEL}={workload}" if workload else "")
         return self._read(
-            lambda: self.core.list_namespaced_pod(
-                namespace, label_selector=selector, _preload_content=False
+            lambda: self.core.list_namespaced_pod(namespace, label_selector=selector, **RAW)
+        )
+
+    def services(self, namespace: str) -> list[dict[str, Any]]:
+        return self._read(
+            lambda: self.core.list_namespaced_service(
+                namespace, label_selector=self.selector, **RAW
             )
         )
 
     def nodes(self) -> list[dict[str, Any]]:
-        return self._read(lambda: self.core.list_node(_preload_content=False))
+        return self._read(lambda: self.core.list_node(**RAW))
 
     def _read(self, call: Callable[[], Any]) -> list[dict[str, Any]]:
         try:

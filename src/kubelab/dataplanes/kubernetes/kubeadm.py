@@ -73,6 +73,9 @@ def cluster_configuration(
             "serviceSubnet": str(network.service_cidr),
             "dnsDomain": "cluster.local",
         },
+        # kubelab reaches a VM lab's API server through an SSH tunnel to the control
+        # plane's loopback: the serving certificate must name 127.0.0.1
+        "apiServer": {"certSANs": ["127.0.0.1", str(control_plane.ip)]},
         # each node's podCIDR is the spec's node slice (flannel and Cilium's kubernetes
         # IPAM use it; Calico hands out its own blocks)
         "controllerManager": {"extraArgs": _args(node_cidr_mask_size=str(network.node_pod_prefix))},

@@ -46,6 +46,10 @@ class KubernetesOptions(DataplaneOptions):
     # where the nodes' files, packages and images come from when they cannot fetch them
     # (always on the VM labs); default /var/cache/kubelab/kubernetes/<version>
     artifacts: str | None = None
+    # a cluster that exists (kind, k3s, kubeadm, a cloud's): kubelab reaches it with this
+    # kubeconfig (an absolute path), builds nothing and creates only the lab's objects
+    kubeconfig: str | None = None
+    context: str | None = None  # the kubeconfig's context; default its current one
 
     @property
     def mode(self) -> str:
@@ -111,7 +115,18 @@ class KubernetesOptions(DataplaneOptions):
                     f"own namespace, and workload {svc.workload!r} is selected from {other!r} "
                     "already; give this Service a workload of its own"
                 )
+        if self.kubeconfig is not None and not self.kubeconfig.startswith("/"):
+            raise ValueError(
+                f"dataplane.kubeconfig: {self.kubeconfig!r} is relative; give an absolute path"
+            )
         substrate = spec.substrate.kind
+        if self.kubeconfig is not None and substrate != "existing":
+            raise ValueError(
+                f"dataplane.kubeconfig: a {substrate} lab's cluster is built by kubelab; remove "
+                "kubeconfig, or use substrate kind existing for a cluster of your own"
+            )
+        if self.context is not None and self.kubeconfig is None:
+            raise ValueError("dataplane.context: read only with kubeconfig; set both or neither")
         if substrate == "netns":
             raise ValueError(
                 "dataplane.kind: kubernetes needs machines of their own (a kubelet, a container "

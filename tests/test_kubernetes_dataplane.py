@@ -1,0 +1,295 @@
+"""The kubernetes dataplane's verbs on an existing cluster (a kubeconfig), request by
+request, against the recording API stand-in on loopback (api_recorder.py): what each
+verb sends, and what it reads back from objects in the API's shape.
+
+The stand-in runs no controllers, so each test seeds what a cluster's controllers would
+make (Nodes, Pods, EndpointSlices). The lab runs Cilium's replacement (proxy_mode none):
+no kube-proxy to scrape, so no verb here reaches a node; the inventory's hosts are
+documentation addresses behind a closed loopback port, contacted by nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from api_recorder import ApiRecorder, start
+from conftest import ROOT
+from helpers import kubelab
+from kubelab.dataplanes.kubernetes import manifests
+from kubelab.dataplanes.kubernetes.dataplane import KubernetesDataplane
+from kubelab.errors import LabError
+from kubelab.spec import LabSpec, parse_spec
+from kubelab.substrates.existing import ExistingSubstrate
+
+CORE = "/api/v1/namespaces/default"
+APPS = "/apis/apps/v1/namespaces/default"
+SLICES = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+NODES = ("n1", "n2")
+
+
+@pytest.fixture
+def recorder() -> Iterator[ApiRecorder]:
+    rec = ApiRecorder()
+    server = start(rec)
+    try:
+        yield rec
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def spec_data(tmp_path: Path, kubeconfig: Path, **dataplane: Any) -> dict[str, Any]:
+    hosts = tmp_path / "hosts.ini"
+    hosts.write_text(
+        "[nodes]\n"
+        "n1 ansible_host=127.0.0.1 ansible_port=1 node_ip=192.0.2.11\n"
+        "n2 ansible_host=127.0.0.1 ansible_port=1 node_ip=192.0.2.12\n"
+        "[client]\nc1 ansible_host=127.0.0.1 ansible_port=1 node_ip=192.0.2.100\n"
+    )
+    return {
+        "name": "kdp",
+        "substrate": {"kind": "existing", "inventory": str(hosts)},
+        "network": {"node_cidr": "192.0.2.0/24"},
+        "dataplane": {"kind": "kubernetes", "proxy_mode": "none", "cni": "cilium",
+                      "kubeconfig": str(kubeconfig), **dataplane},
+        "workloads": [{"name": "echo", "pods_per_node": 1}],
+        "services": [{"name": "echo", "workload": "echo", "type": "NodePort",
+                      "ports": [{"name": "http", "port": 80, "target_port": 8080,
+                                 "node_port": 30080}]}],
+    }  # fmt: skip
+
+
+def kubeconfig(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+        "clusters": [{"name": "lab", "cluster": {"server": url}}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "lab"}}],
+        "users": [{"name": "lab", "user": {"token": "not-a-secret"}}],
+    }))  # fmt: skip
+    return path
+
+
+def make(spec: LabSpec, tmp_path: Path) -> KubernetesDataplane:
+    return KubernetesDataplane(spec, ExistingSubstrate(spec, tmp_path / "state"))
+
+
+@pytest.fixture
+def dataplane(recorder: ApiRecorder, tmp_path: Path) -> KubernetesDataplane:
+    spec = parse_spec(spec_data(tmp_path, kubeconfig(tmp_path, recorder.url)), base_dir=tmp_path)
+    return make(spec, tmp_path)
+
+
+def node(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}  # fmt: skip
+
+
+def pod(name: str, node_name: str, ip: str, ready: bool = True) -> dict[str, Any]:
+    """A pod of workload echo as the API returns it once it runs."""
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default",
+                     "labels": {manifests.LAB_LABEL: "kdp", manifests.WORKLOAD_LABEL: "echo"}},
+        "spec": {"nodeName": node_name},
+        "status": {"phase": "Running", "podIP": ip, "conditions": [
+            {"type": manifests.READINESS_GATE, "status": "True" if ready else "False"}]},
+    }  # fmt: skip
+
+
+def endpoint_slice(endpoints: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """echo's slice: (pod, node, ip) each ready."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": "echo-abcde", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "echo"}},
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": True, "serving": True,
+                                                         "terminating": False},
+                       "nodeName": n, "targetRef": {"kind": "Pod", "name": p}}
+                      for p, n, ip in endpoints],
+    }  # fmt: skip
+
+
+PODS = [("echo-n1-a", "n1", "10.244.1.5"), ("echo-n2-a", "n2", "10.244.2.5")]
+
+
+def seed_cluster(recorder: ApiRecorder, pods: list[tuple[str, str, str]] = PODS) -> None:
+    for name in NODES:
+        recorder.seed("/api/v1/nodes", node(name))
+    for name, node_name, ip in pods:
+        recorder.seed(CORE + "/pods", pod(name, node_name, ip))
+    recorder.seed(SLICES, endpoint_slice(pods))
+
+
+def test_up_creates_the_labs_objects_and_waits_on_the_slices(
+    dataplane: KubernetesDataplane, recorder: ApiRecorder
+) -> None:
+    seed_cluster(recorder)
+    dataplane.up(lambda _: None)
+    posts = [(r.path, r.body["metadata"]["name"]) for r in recorder.made("POST")]
+    assert posts == [
+        (f"{APPS}/deployments", "echo-n1"),
+        (f"{APPS}/deployments", "echo-n2"),
+        (f"{CORE}/services", "echo"),
+    ]
+    deployment = recorder.made("POST")[0].body
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["template"]["spec"]["nodeSelector"] == {
+        "kubernetes.io/hostname": "n1"
+    }
+    (event,) = dataplane.programming
+    assert event.change == "lab up" and event.per_node == {}  # no kube-proxy: observed time
+    slice_reads = [r for r in recorder.made("GET") if r.path == SLICES]
+    assert slice_reads and slice_reads[-1].query == {
+        "labelSelector": "kubernetes.io/service-name=echo"
+    }
+
+
+def test_a_wait_that_the_cluster_never_meets_names_what_is_missing(
+    dataplane: KubernetesDataplane, recorder: ApiRecorder
+) -> None:
+    seed_cluster(recorder, PODS[:1])  # one of the two pods never comes up
+    for obj in dataplane._lab_objects():
+        dataplane.api.apply(obj)
+    dataplane.services["default/echo"] = dataplane.spec.services[0]
+    with pytest.raises(LabError) as err:
+        dataplane._wait_workloads(timeout=0.5)
+    assert "default/echo: after 0s its EndpointSlices show 1 ready endpoints, want 2" in str(
+        err.value
+    )
+
+
+def test_service_verbs_send_the_changed_spec(
+    dataplane: KubernetesDataplane, recorder: ApiRecorder
+) -> None:
+    seed_cluster(recorder)
+    dataplane.up(lambda _: None)
+    stored = recorder.objects[f"{CORE}/services/echo"]
+    stored["spec"].update(clusterIP="10.96.0.42", healthCheckNodePort=31999)
+    stored["spec"]["ports"][0]["nodePort"] = 30080  # as the API server allocates them
+    svc = dataplane.service("default/echo")
+    assert (str(svc.cluster_ip), svc.ports[0].node_port, svc.type) == ("10.96.0.42", 30080,
+                                                                       "NodePort")  # fmt: skip
+
+    dataplane.update_service("default/echo", external_traffic_policy="Local")
+    patch = recorder.made("PATCH")[-1]
+    assert patch.path == f"{CORE}/services/echo"
+    assert patch.body["spec"]["externalTrafficPolicy"] == "Local"
+    assert dataplane.service("default/echo").external_traffic_policy == "Local"
+
+    (state,) = dataplane.service_states()
+    assert sorted(e.address for e in state.endpoints) == ["10.244.1.5:8080", "10.244.2.5:8080"]
+
+    dataplane.delete_services(["default/echo"])
+    assert recorder.made("DELETE")[-1].path == f"{CORE}/services/echo"
+    assert dataplane.service_states() == []
+
+
+def test_pod_verbs(dataplane: KubernetesDataplane, recorder: ApiRecorder) -> None:
+    seed_cluster(recorder)
+    dataplane.up(lambda _: None)
+    assert [p.name for p in dataplane.running_pods("echo")] == ["echo-n1-a", "echo-n2-a"]
+    (on_n2,) = dataplane.running_pods("echo", "n2")
+    assert (str(on_n2.ip), on_n2.port, on_n2.node) == ("10.244.2.5", 8080, "n2")
+
+    dataplane.set_pod_ready("echo-n1-a", False)
+    ready = recorder.made("PATCH")[-1]
+    assert ready.path == f"{CORE}/pods/echo-n1-a/status"
+    assert ready.body["status"]["conditions"] == [
+        {"type": manifests.READINESS_GATE, "status": "False"}
+    ]
+    dataplane.kill_pod("echo-n1-a")
+    dataplane.delete_pod("echo-n2-a", grace_s=3, wait=False)
+    killed, deleted = recorder.made("DELETE")[-2:]
+    assert (killed.path, killed.query) == (f"{CORE}/pods/echo-n1-a", {"gracePeriodSeconds": "0"})
+    assert deleted.query == {"gracePeriodSeconds": "3"}
+    assert not dataplane.has_pod("echo-n1-a")
+    with pytest.raises(LabError, match="no pod 'nosuch' of this lab"):
+        dataplane.kill_pod("nosuch")
+
+
+def test_scaling_spreads_over_the_nodes_deployments(
+    dataplane: KubernetesDataplane, recorder: ApiRecorder
+) -> None:
+    seed_cluster(recorder)
+    dataplane.up(lambda _: None)
+    more = [*PODS, ("echo-n1-b", "n1", "10.244.1.6")]
+    recorder.seed(SLICES, endpoint_slice(more))
+    dataplane.scale("echo", 3)
+    scales = [(r.path, r.body) for r in recorder.made("PATCH") if r.path.endswith("/scale")]
+    assert scales == [
+        (f"{APPS}/deployments/echo-n1/scale", {"spec": {"replicas": 2}}),
+        (f"{APPS}/deployments/echo-n2/scale", {"spec": {"replicas": 1}}),
+    ]
+
+
+def test_down_deletes_by_label_and_objects_are_kubectl_shaped(
+    dataplane: KubernetesDataplane, recorder: ApiRecorder
+) -> None:
+    seed_cluster(recorder)
+    dataplane.up(lambda _: None)
+    kinds = [i.get("kind") for i in dataplane.objects()["items"]]
+    assert {"Service", "EndpointSlice", "Pod", "Node"} <= set(kinds)
+    dataplane.down()
+    deletes = [(r.path, r.query.get("labelSelector")) for r in recorder.made("DELETE")]
+    assert (f"{CORE}/services", f"{manifests.LAB_LABEL}=kdp") in deletes
+    assert (f"{APPS}/deployments", f"{manifests.LAB_LABEL}=kdp") in deletes
+    assert not [k for k in recorder.objects if "/services/" in k or "/deployments/" in k]
+
+
+def test_what_a_real_cluster_cannot_do_on_demand_is_refused(
+    dataplane: KubernetesDataplane,
+) -> None:
+    with pytest.raises(LabError, match="kube-proxy is a DaemonSet"):
+        dataplane.set_proxy_running("n1", False)
+    with pytest.raises(LabError, match="cannot restart its proxy"):
+        dataplane.restart_proxy("sh")
+
+
+def test_a_missing_kubeconfig_is_the_first_line_before_up(
+    recorder: ApiRecorder, tmp_path: Path
+) -> None:
+    spec = parse_spec(spec_data(tmp_path, tmp_path / "nowhere"), base_dir=tmp_path)
+    assert make(spec, tmp_path).check_host() == [
+        f"dataplane.kubeconfig: {tmp_path / 'nowhere'} does not exist"
+    ]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"kubeconfig": "kube/config"}, "dataplane.kubeconfig: 'kube/config' is relative"),
+        ({"kubeconfig": None, "context": "x"}, "dataplane.context: read only with kubeconfig"),
+    ],
+)
+def test_kubeconfig_refusals(tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    data = spec_data(tmp_path, tmp_path / "kubeconfig")
+    data["dataplane"].update(change)
+    with pytest.raises(Exception, match=message):
+        parse_spec(data, base_dir=tmp_path)
+
+
+def test_a_vm_lab_with_a_kubeconfig_is_refused(tmp_path: Path) -> None:
+    data = yaml.safe_load((ROOT / "labs" / "vm-kubernetes.yaml").read_text())
+    data["dataplane"]["kubeconfig"] = "/etc/kubernetes/admin.conf"
+    with pytest.raises(Exception, match="a vagrant lab's cluster is built by kubelab"):
+        parse_spec(copy.deepcopy(data), base_dir=tmp_path)
+
+
+def test_plan_of_an_existing_cluster_lists_what_kubelab_creates(
+    recorder: ApiRecorder, tmp_path: Path
+) -> None:
+    spec_file = tmp_path / "kdp.yaml"
+    spec_file.write_text(yaml.safe_dump(spec_data(tmp_path, kubeconfig(tmp_path, recorder.url))))
+    proc = kubelab("plan", str(spec_file))
+    assert proc.returncode == 0, proc.stderr
+    assert "existing, through" in proc.stdout
+    assert "Deployment default/echo-n1" in proc.stdout and "Service default/echo" in proc.stdout
+    assert recorder.requests == []  # a plan contacts nothing
