@@ -156,7 +156,9 @@ class KubernetesDataplane(Dataplane):
         self._record("lab up", published, before)
 
     def down(self) -> None:
-        if self._api is not None or self.access.path.exists():
+        """Delete the lab's objects by label (also what a crashed run left); on
+        machines the substrate destroys, their cluster goes with them."""
+        if not self.substrate.disposable and (self._api is not None or self.access.path.exists()):
             namespaces = sorted({*self.namespace_of.values(), "default"})
             # a cluster that is gone already (its VMs destroyed) holds nothing to delete
             with contextlib.suppress(LabError):
