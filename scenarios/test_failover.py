@@ -72,9 +72,11 @@ def test_failover_under_load(
     outcome = failover_timeline(run.samples, change_at)
     record_failover(record, outcome)
     record.metric("change_at", change_at, "epoch s", "when the change was made")
-    record.metric(
-        "detection_delay", lab.spec.dataplane.endpoint_detection_delay_s, "s", f"{action} {victim}"
-    )
+    # the reference dataplane's own setting; on a real cluster the kubelet and the node
+    # lifecycle controller decide, and the samples show it
+    delay = getattr(lab.spec.dataplane, "endpoint_detection_delay_s", None)
+    if delay is not None:
+        record.metric("detection_delay", delay, "s", f"{action} {victim}")
     before = outcome.per_second[outcome.per_second["second"] < 0]
     record.expect(
         not before.empty and before["probes"].sum() > 0,

@@ -11,12 +11,17 @@ seeds those itself. What it proves is the requests, not what a cluster does with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import yaml
 
 # collection path segment -> (apiVersion, kind) of its items
 KINDS = {
@@ -167,3 +172,27 @@ def start(recorder: ApiRecorder) -> ThreadingHTTPServer:
     recorder.url = f"http://127.0.0.1:{server.server_address[1]}"
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+@contextlib.contextmanager
+def serving() -> Iterator[ApiRecorder]:
+    """A recorder answering on a loopback port for the block's length."""
+    recorder = ApiRecorder()
+    server = start(recorder)
+    try:
+        yield recorder
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def kubeconfig(folder: Path, url: str) -> Path:
+    """A kubeconfig whose one cluster is `url` (token auth, as a real one may have)."""
+    path = folder / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+        "clusters": [{"name": "lab", "cluster": {"server": url}}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "lab"}}],
+        "users": [{"name": "lab", "user": {"token": "not-a-secret"}}],
+    }))  # fmt: skip
+    return path

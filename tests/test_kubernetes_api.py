@@ -11,9 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from api_recorder import ApiRecorder, start
+from api_recorder import ApiRecorder, kubeconfig, serving
 from conftest import DATA, ROOT
 from kubelab.dataplanes.kubernetes import manifests
 from kubelab.dataplanes.kubernetes.api import MERGE, STRATEGIC_MERGE, ClusterApi
@@ -28,24 +27,8 @@ APPS = "/apis/apps/v1/namespaces/default"
 
 @pytest.fixture
 def recorder() -> Iterator[ApiRecorder]:
-    rec = ApiRecorder()
-    server = start(rec)
-    try:
+    with serving() as rec:
         yield rec
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def kubeconfig(tmp_path: Path, url: str) -> Path:
-    path = tmp_path / "kubeconfig"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
-        "clusters": [{"name": "lab", "cluster": {"server": url}}],
-        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "lab"}}],
-        "users": [{"name": "lab", "user": {"token": "not-a-secret"}}],
-    }))  # fmt: skip
-    return path
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from api_recorder import ApiRecorder, start
+from api_recorder import ApiRecorder, kubeconfig, serving
 from conftest import ROOT
 from helpers import kubelab
 from kubelab.dataplanes.kubernetes import manifests
@@ -35,13 +35,8 @@ NODES = ("n1", "n2")
 
 @pytest.fixture
 def recorder() -> Iterator[ApiRecorder]:
-    rec = ApiRecorder()
-    server = start(rec)
-    try:
+    with serving() as rec:
         yield rec
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def spec_data(tmp_path: Path, kubeconfig: Path, **dataplane: Any) -> dict[str, Any]:
@@ -63,17 +58,6 @@ def spec_data(tmp_path: Path, kubeconfig: Path, **dataplane: Any) -> dict[str, A
                       "ports": [{"name": "http", "port": 80, "target_port": 8080,
                                  "node_port": 30080}]}],
     }  # fmt: skip
-
-
-def kubeconfig(tmp_path: Path, url: str) -> Path:
-    path = tmp_path / "kubeconfig"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
-        "clusters": [{"name": "lab", "cluster": {"server": url}}],
-        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "lab"}}],
-        "users": [{"name": "lab", "user": {"token": "not-a-secret"}}],
-    }))  # fmt: skip
-    return path
 
 
 def make(spec: LabSpec, tmp_path: Path) -> KubernetesDataplane:

@@ -191,16 +191,17 @@ class KubernetesDataplane(Dataplane):
             time.sleep(2)
 
     def _wait_workloads(self, timeout: float = READY_TIMEOUT_S) -> None:
-        """Admit new pods (their readiness gate) and wait until every Service shows its
-        workload's running pods ready."""
+        """Wait until every Service shows its workload's pods ready, admitting each new
+        pod (its readiness gate) as the Deployments create them."""
         for spec in self.services.values():
-            namespace = spec.namespace
-            self.api.admit_pods(namespace, spec.workload)
-            want = self._expected_pods(spec.workload)
             wait_for_endpoints(
-                partial(self.api.endpoint_slices, namespace, spec.name),
-                namespace, spec.name, Wanted(ready=want), timeout,
+                partial(self._admitted_slices, spec), spec.namespace, spec.name,
+                Wanted(ready=self._expected_pods(spec.workload)), timeout,
             )  # fmt: skip
+
+    def _admitted_slices(self, spec: ServiceSpec) -> list[dict[str, Any]]:
+        self.api.admit_pods(spec.namespace, spec.workload)
+        return self.api.endpoint_slices(spec.namespace, spec.name)
 
     def _expected_pods(self, workload: str) -> int:
         namespace = self.namespace_of.get(workload, "default")
@@ -237,18 +238,23 @@ class KubernetesDataplane(Dataplane):
     def _record(
         self, change: str, published: float, before: dict[str, ProxyMetrics]
     ) -> ProgrammingEvent:
-        """The change's event: kube-proxy's account when every scraped node has observed
-        it, else the time until the API showed it."""
+        """The change's event, once the API shows it (the verbs waited for that): by
+        kube-proxy's own histogram when its nodes observed the change, after every
+        scraped kube-proxy has synced since it was published; else the time until the API
+        showed it."""
+        shown = time.time()
         event = None
-        deadline = time.monotonic() + PROGRAMMED_TIMEOUT_S
-        while before and time.monotonic() < deadline:
+        if before:
+            deadline = time.monotonic() + PROGRAMMED_TIMEOUT_S
             after = self._scrape()
+            while time.monotonic() < deadline and not all(
+                (m.last_sync or 0.0) >= published for m in after.values()
+            ):
+                time.sleep(0.5)
+                after = self._scrape()
             event = programming_event(change, published, before, after)
-            if event is not None and set(event.per_node) >= set(after):
-                break
-            time.sleep(0.5)
         if event is None:
-            event = ProgrammingEvent(change, published, time.time() - published)
+            event = ProgrammingEvent(change, published, shown - published)
         self.programming.append(event)
         for listener in self.after_sync:
             listener()
