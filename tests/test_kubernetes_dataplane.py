@@ -277,3 +277,22 @@ def test_plan_of_an_existing_cluster_lists_what_kubelab_creates(
     assert "existing, through" in proc.stdout
     assert "Deployment default/echo-n1" in proc.stdout and "Service default/echo" in proc.stdout
     assert recorder.requests == []  # a plan contacts nothing
+
+
+def test_status_shows_the_cluster_and_a_process_not_connected_asks_nothing(
+    dataplane: KubernetesDataplane, recorder: ApiRecorder, tmp_path: Path
+) -> None:
+    fresh = make(dataplane.spec, tmp_path)
+    assert fresh.status() == {"pods": [], "services": [], "proxies": {}}
+    assert fresh.objects()["items"] == [] and recorder.requests == []
+    seed_cluster(recorder)
+    dataplane.up(lambda _: None)
+    shown = dataplane.status()
+    assert [(p["name"], p["node"], p["ip"], p["phase"]) for p in shown["pods"]] == [
+        ("echo-n1-a", "n1", "10.244.1.5", "Running"),
+        ("echo-n2-a", "n2", "10.244.2.5", "Running"),
+    ]
+    (service,) = shown["services"]
+    assert service["name"] == "default/echo" and len(service["endpoints"]) == 2
+    assert set(shown["proxies"]) == set(NODES)  # Cilium's replacement: no kube-proxy to ask
+    assert not any(p["running"] for p in shown["proxies"].values())

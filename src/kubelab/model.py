@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kubelab.spec_common import NODE_PORT_RANGE, ServiceSpec
 
@@ -116,6 +116,37 @@ class ServiceState:
 
     service: Service
     endpoints: tuple[Endpoint, ...] = field(default_factory=tuple)
+
+    def as_status(self) -> dict[str, Any]:
+        """The Service and its endpoints as `kubelab status` shows them."""
+        s = self.service
+        return {
+            "name": s.key,
+            "type": s.type,
+            "cluster_ip": str(s.cluster_ip) if s.cluster_ip else "None",
+            "external_traffic_policy": s.external_traffic_policy,
+            "internal_traffic_policy": s.internal_traffic_policy,
+            "session_affinity": s.session_affinity,
+            "health_check_node_port": s.health_check_node_port,
+            "external_ips": [str(ip) for ip in s.external_ips],
+            "load_balancer_ips": [str(ip) for ip in s.load_balancer_ips],
+            "load_balancer_source_ranges": [str(r) for r in s.load_balancer_source_ranges],
+            "ports": [
+                {
+                    "name": p.name,
+                    "protocol": p.protocol,
+                    "port": p.port,
+                    "target_port": p.target_port,
+                    "node_port": p.node_port,
+                }
+                for p in s.ports
+            ],
+            "endpoints": [
+                {"address": e.address, "node": e.node, "ready": e.ready,
+                 "terminating": e.terminating}
+                for e in self.endpoints
+            ],
+        }  # fmt: skip
 
     def endpoints_for(self, port: ServicePort) -> tuple[Endpoint, ...]:
         """Every endpoint of the slice, at the port's target port (ready or not)."""

@@ -100,9 +100,9 @@ class Context:
         """A node, the client, or a pod (as last published: pods made by another
         process included)."""
         pod = next((p for p in self.status.get("pods", []) if p["name"] == member), None)
-        if pod is not None:
+        if pod is not None and pod.get("netns"):  # a namespace on its node (reference)
             return self.lab.substrate.runner(pod["node"]).inside(pod["netns"], pod["name"])
-        return self.lab.substrate.runner(member)
+        return self.lab.runner(member)  # a real cluster's pod is found through its API
 
     def probe(self, member: str, host: str, port: int) -> list[dict[str, Any]]:
         """Bounded requests from inside `member` to a lab address: which pod answered, or

@@ -175,14 +175,7 @@ class KubernetesDataplane(Dataplane):
         deadline = time.monotonic() + NODES_TIMEOUT_S
         want = {n.name for n in self.nodes}
         while True:
-            ready = {
-                n["metadata"]["name"]
-                for n in self.api.nodes()
-                if any(
-                    c.get("type") == "Ready" and c.get("status") == "True"
-                    for c in (n.get("status") or {}).get("conditions") or []
-                )
-            }
+            ready = {n["metadata"]["name"] for n in self.api.nodes() if _ready(n)}
             if want <= ready:
                 return
             if time.monotonic() > deadline:
@@ -443,6 +436,8 @@ class KubernetesDataplane(Dataplane):
 
     def objects(self) -> dict[str, Any]:
         items: list[dict[str, Any]] = []
+        if self._api is None:  # not connected in this process (`kubelab status` of a lab down)
+            return {"apiVersion": "v1", "kind": "List", "items": items}
         for namespace in sorted({*self.namespace_of.values(), "default"}):
             items += self.api.services(namespace)
             for spec in self.services.values():
@@ -453,17 +448,25 @@ class KubernetesDataplane(Dataplane):
         return {"apiVersion": "v1", "kind": "List", "items": items}
 
     def status(self) -> dict[str, Any]:
+        """Pods, Services and proxies as `kubelab status` shows them; nothing of the
+        cluster from a process not connected to it (the running lab saves its own)."""
+        if self._api is None:
+            return {"pods": [], "services": [], "proxies": {}}
         pods = []
         for workload, spec in self.workloads.items():
             for pod in self.api.pods(self.namespace_of.get(workload, "default"), workload):
                 info = pod_info(pod, spec)
-                phase = (pod.get("status") or {}).get("phase", "?")
-                pods.append({"name": pod["metadata"]["name"], "workload": workload,
-                             "node": info.node if info else "", "ip": str(info.ip) if info else "",
-                             "phase": phase})  # fmt: skip
+                pods.append({
+                    "name": pod["metadata"]["name"], "workload": workload,
+                    "node": (pod.get("spec") or {}).get("nodeName", ""),
+                    "ip": str(info.ip) if info else "", "port": spec.port,
+                    "udp_port": spec.udp_port, "netns": "",
+                    "phase": (pod.get("status") or {}).get("phase", "?"),
+                    "ready": _ready(pod),
+                })  # fmt: skip
         return {
             "pods": pods,
-            "services": sorted(self.services),
+            "services": [state.as_status() for state in self.service_states()],
             "proxies": self.proxy_health(),
         }
 
@@ -528,6 +531,12 @@ def pod_info(pod: dict[str, Any], spec: WorkloadSpec) -> PodInfo | None:
         ip=ipaddress.IPv4Address(status["podIP"]), port=spec.port, netns="",
         udp_port=spec.udp_port,
     )  # fmt: skip
+
+
+def _ready(obj: dict[str, Any]) -> bool:
+    """A Pod's or Node's Ready condition is True."""
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _epoch(text: object) -> float | None:

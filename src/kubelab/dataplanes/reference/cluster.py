@@ -287,7 +287,7 @@ class ClusterState:
                 }
                 for r in self.pods.values()
             ],
-            "services": [_service_status(state) for state in self.service_states()],
+            "services": [state.as_status() for state in self.service_states()],
         }
 
 
@@ -360,36 +360,6 @@ def _slice_object(state: ServiceState) -> dict[str, Any]:
                     "terminating": e.terminating,
                 },
             }
-            for e in state.endpoints
-        ],
-    }
-
-
-def _service_status(state: ServiceState) -> dict[str, Any]:
-    s = state.service
-    return {
-        "name": s.key,
-        "type": s.type,
-        "cluster_ip": str(s.cluster_ip) if s.cluster_ip else "None",
-        "external_traffic_policy": s.external_traffic_policy,
-        "internal_traffic_policy": s.internal_traffic_policy,
-        "session_affinity": s.session_affinity,
-        "health_check_node_port": s.health_check_node_port,
-        "external_ips": [str(ip) for ip in s.external_ips],
-        "load_balancer_ips": [str(ip) for ip in s.load_balancer_ips],
-        "load_balancer_source_ranges": [str(r) for r in s.load_balancer_source_ranges],
-        "ports": [
-            {
-                "name": p.name,
-                "protocol": p.protocol,
-                "port": p.port,
-                "target_port": p.target_port,
-                "node_port": p.node_port,
-            }
-            for p in s.ports
-        ],
-        "endpoints": [
-            {"address": e.address, "node": e.node, "ready": e.ready, "terminating": e.terminating}
             for e in state.endpoints
         ],
     }
