@@ -65,7 +65,14 @@ def test_the_nightly_runs_the_matrices_and_publishes_the_comparison() -> None:
         and "kubelab plan --matrix labs/matrix.yaml" in runs
     )
     assert "kubelab report history" in runs and "tox -e vm" in runs
+    # the Kubernetes matrix runs for real: artifacts fetched on the runner, then every cell
+    assert "kubelab fetch" in runs and "tox -e lab -- --matrix labs/matrix.yaml" in runs
     uses = [s.get("uses", "") for job in doc["jobs"].values() for s in job["steps"]]
     assert any(u.startswith("actions/cache") for u in uses)  # the box, the history
     assert any(u.startswith("actions/deploy-pages") for u in uses)
-    assert doc["jobs"]["publish"]["needs"] == ["embedded-matrix", "vm-labs", "kubernetes-plan"]
+    assert doc["jobs"]["publish"]["needs"] == [
+        "embedded-matrix",
+        "vm-labs",
+        "kubernetes-plan",
+        "kubernetes-matrix",
+    ]
