@@ -133,10 +133,9 @@ class KubernetesDataplane(Dataplane):
         if not missing:
             return []
         return [
-            f"{cluster.artifacts_dir}: {len(missing)} artifacts missing ({', '.join(missing[:3])}"
-            f"{', ...' if len(missing) > 3 else ''}); the nodes have no route out: run "
-            f"`kubelab fetch {self.spec.name}` on a machine with Internet access and copy the "
-            "folder here"
+            f"{cluster.artifacts_dir}: {len(missing)} artifacts missing (`kubelab plan "
+            f"{self.spec.name}` lists them); the nodes have no route out: run `kubelab fetch "
+            f"{self.spec.name}` on a machine with Internet access and copy the folder here"
         ]
 
     def up(self, progress: Progress) -> None:
