@@ -240,3 +240,38 @@ def test_a_killed_up_is_cleaned_by_the_next_up(bare_hosts: BareHosts) -> None:
     assert down.returncode == 0, down.stderr
     assert _kubelab_traces(bare_hosts) == []
     assert bare_hosts.snapshot() == before
+
+
+def test_a_members_loopback_is_reached_through_an_ssh_tunnel(bare_hosts: BareHosts) -> None:
+    """What the kubernetes dataplane reaches a built cluster's API server by: a local
+    port forwarded over SSH to a service the host keeps on its own loopback."""
+    import requests
+
+    from kubelab.spec import load_spec
+    from kubelab.substrates.existing import ExistingSubstrate
+
+    host = next(iter(HOSTS))
+    server = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{HOST_PREFIX}{host}", sys.executable, "-m",
+         "http.server", "18080", "--bind", "127.0.0.1", "--directory", str(bare_hosts.folder)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    spec = load_spec(_spec_file(bare_hosts, "iptables"))
+    substrate = ExistingSubstrate(spec, bare_hosts.folder / "tunnel-state")
+    try:
+        for _ in range(50):  # the server's start
+            if "18080" in on(host, "ss", "-ltn"):
+                break
+            time.sleep(0.1)
+        tunnel = substrate.forward(host, 18080)
+        try:
+            answer = requests.get(f"http://127.0.0.1:{tunnel.local_port}/hosts.ini", timeout=10)
+            assert answer.status_code == 200 and "[nodes]" in answer.text
+        finally:
+            tunnel.close()
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{tunnel.local_port}/", timeout=2)
+    finally:
+        server.terminate()
+        server.wait()
+        substrate.down()

@@ -15,6 +15,7 @@ from kubelab.spec_common import SubstrateOptions
 
 if TYPE_CHECKING:
     from kubelab.spec import LabSpec
+    from kubelab.tunnel import SshTunnel
 
 Progress = Callable[[str], None]
 NODE_HOST_OFFSET = 10  # node i (1-based) gets node_cidr + 10 + i, as Vagrant labs usually do
@@ -129,6 +130,13 @@ class Substrate(ABC):
     def provenance(self) -> dict[str, Any]:
         """What a run's provenance records of this substrate (a VM box, say)."""
         return {}
+
+    def forward(self, member: str, port: int) -> SshTunnel:
+        """A local port forwarded to `port` on the member's loopback (over SSH)."""
+        from kubelab.tunnel import SshTunnel
+
+        self.runner(member)  # a member the lab reaches: its ssh_config entry is written
+        return SshTunnel(self.ssh_config, member, port)
 
     def run_playbook(self, name: str, extravars: dict[str, Any]) -> None:
         """Run playbooks/<name> against the members (ansible-runner), for a dataplane

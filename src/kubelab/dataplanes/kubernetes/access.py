@@ -10,12 +10,9 @@ as the ssh_config's ProxyCommand enters it. The API server's certificate names 1
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import subprocess
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -23,14 +20,10 @@ from kubelab.dataplanes.kubernetes.kubeadm import API_PORT
 from kubelab.errors import LabError
 from kubelab.substrates.base import Substrate
 
+if TYPE_CHECKING:
+    from kubelab.tunnel import SshTunnel
+
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
-TUNNEL_WAIT_S = 30.0
-
-
-def free_loopback_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pointed_at(kubeconfig: str, server: str) -> str:
@@ -55,7 +48,7 @@ class ApiAccess:
         self.state_dir = state_dir
         self.control_plane = control_plane
         self.given = kubeconfig
-        self._tunnel: subprocess.Popen[bytes] | None = None
+        self._tunnel: SshTunnel | None = None
 
     @property
     def path(self) -> Path:
@@ -66,34 +59,15 @@ class ApiAccess:
         if self.given:
             return self.path
         admin = self.substrate.runner(self.control_plane).run(["cat", ADMIN_CONF]).stdout
-        port = free_loopback_port()
+        self._tunnel = self.substrate.forward(self.control_plane, API_PORT)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(pointed_at(admin, f"https://127.0.0.1:{port}"))
+        self.path.write_text(pointed_at(admin, f"https://127.0.0.1:{self._tunnel.local_port}"))
         os.chmod(self.path, 0o600)  # the cluster's admin credentials
-        argv = [
-            "ssh", "-F", str(self.substrate.ssh_config), "-N",
-            "-o", "ExitOnForwardFailure=yes",
-            "-L", f"127.0.0.1:{port}:127.0.0.1:{API_PORT}", self.control_plane,
-        ]  # fmt: skip
-        self._tunnel = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + TUNNEL_WAIT_S
-        while time.monotonic() < deadline:
-            if self._tunnel.poll() is not None:
-                err = (self._tunnel.stderr.read() if self._tunnel.stderr else b"").decode()
-                raise LabError(f"the SSH tunnel to {self.control_plane}'s API server: {err}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                return self.path
-            time.sleep(0.2)
-        self.close()
-        raise LabError(f"the SSH tunnel to {self.control_plane}:{API_PORT} did not open")
+        return self.path
 
     def close(self) -> None:
         if self._tunnel is not None:
-            self._tunnel.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._tunnel.wait(timeout=10)
-            if self._tunnel.poll() is None:
-                self._tunnel.kill()
+            self._tunnel.close()
             self._tunnel = None
         if not self.given:
             self.path.unlink(missing_ok=True)
