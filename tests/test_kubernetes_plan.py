@@ -447,7 +447,7 @@ def test_up_without_the_artifacts_stops_before_anything_is_built(tmp_path: Path)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert f"{tmp_path / 'empty'}: " in lines[0] and "artifacts missing" in lines[0]
-    assert "`kubelab fetch vmk8s` on a machine with Internet access" in lines[0]
+    assert "`kubelab fetch` this lab on a machine with Internet access" in lines[0]
     assert lab_traces("vmk8s", vm=True) == []
 
 
@@ -493,3 +493,22 @@ def test_hosts_you_own_fetch_for_themselves_and_name_their_interface(tmp_path: P
     assert plan.playbook_vars()["kubernetes_downloads"]["runc.amd64"]["checksum"].startswith(
         "sha256:https://github.com/opencontainers/runc/releases/download/"
     )
+
+
+def test_the_kubernetes_matrix_without_artifacts_lists_each_cell_not_run(tmp_path: Path) -> None:
+    """Every runnable cell stops at its artifacts check, before any VM exists, and the
+    matrix's record says so cell by cell; the refused cells keep their reason."""
+    base = yaml.safe_load((ROOT / "labs" / "vm-kubernetes.yaml").read_text())
+    base["dataplane"]["artifacts"] = str(tmp_path / "empty")
+    (tmp_path / "vm-kubernetes.yaml").write_text(yaml.safe_dump(base))
+    matrix = yaml.safe_load((ROOT / "labs" / "matrix.yaml").read_text())
+    (tmp_path / "matrix.yaml").write_text(yaml.safe_dump(matrix, sort_keys=False))
+    proc = kubelab("run", "--matrix", str(tmp_path / "matrix.yaml"), "--reports",
+                   str(tmp_path / "reports"))  # fmt: skip
+    assert proc.returncode == 1, proc.stderr  # no cell ran: nothing to compare
+    (record,) = (tmp_path / "reports").glob("matrix-*/matrix.json")
+    cells = json.loads(record.read_text())["cells"]
+    assert {c["status"] for c in cells} == {"refused", "not run"}
+    assert [c["lab"] for c in cells if c["status"] == "not run"] == RUNNABLE
+    assert all("artifacts missing" in c["reason"] for c in cells if c["status"] == "not run")
+    assert lab_traces("mxiptfla", vm=True) == []

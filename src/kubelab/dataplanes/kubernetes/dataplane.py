@@ -133,9 +133,9 @@ class KubernetesDataplane(Dataplane):
         if not missing:
             return []
         return [
-            f"{cluster.artifacts_dir}: {len(missing)} artifacts missing (`kubelab plan "
-            f"{self.spec.name}` lists them); the nodes have no route out: run `kubelab fetch "
-            f"{self.spec.name}` on a machine with Internet access and copy the folder here"
+            f"{cluster.artifacts_dir}: {len(missing)} artifacts missing (`kubelab plan` of "
+            "this lab lists them); the nodes have no route out: `kubelab fetch` this lab on a "
+            "machine with Internet access and copy the folder here"
         ]
 
     def up(self, progress: Progress) -> None:
