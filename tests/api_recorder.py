@@ -30,6 +30,8 @@ KINDS = {
     "pods": ("v1", "Pod"),
     "nodes": ("v1", "Node"),
     "deployments": ("apps/v1", "Deployment"),
+    "daemonsets": ("apps/v1", "DaemonSet"),
+    "configmaps": ("v1", "ConfigMap"),
     "endpointslices": ("discovery.k8s.io/v1", "EndpointSlice"),
 }
 

@@ -4,8 +4,8 @@ verb sends, and what it reads back from objects in the API's shape.
 
 The stand-in runs no controllers, so each test seeds what a cluster's controllers would
 make (Nodes, Pods, EndpointSlices). The lab runs Cilium's replacement (proxy_mode none):
-no kube-proxy to scrape, so no verb here reaches a node; the inventory's hosts are
-documentation addresses behind a closed loopback port, contacted by nothing.
+no kube-proxy to scrape, so no verb reaches a node; in the one IPVS case the metrics
+scrape tries, and the inventory's hosts are 127.0.0.1 port 1, where nothing listens.
 """
 
 from __future__ import annotations
@@ -233,8 +233,6 @@ def test_what_a_real_cluster_cannot_do_on_demand_is_refused(
 ) -> None:
     with pytest.raises(LabError, match="kube-proxy is a DaemonSet"):
         dataplane.set_proxy_running("n1", False)
-    with pytest.raises(LabError, match="cannot restart its proxy"):
-        dataplane.restart_proxy("sh")
 
 
 def test_a_missing_kubeconfig_is_the_first_line_before_up(
@@ -296,3 +294,40 @@ def test_status_shows_the_cluster_and_a_process_not_connected_asks_nothing(
     assert service["name"] == "default/echo" and len(service["endpoints"]) == 2
     assert set(shown["proxies"]) == set(NODES)  # Cilium's replacement: no kube-proxy to ask
     assert not any(p["running"] for p in shown["proxies"].values())
+
+
+def test_a_kube_proxy_restart_with_another_scheduler(recorder: ApiRecorder, tmp_path: Path) -> None:
+    """kubeadm keeps kube-proxy's configuration in kube-system/kube-proxy (config.conf):
+    the scheduler is changed there and the DaemonSet restarted as `kubectl rollout
+    restart` does; the change is recorded once every node runs the new template."""
+    from kubelab.dataplanes.kubernetes.kubeadm import kube_proxy_configuration
+
+    data = spec_data(tmp_path, kubeconfig(tmp_path, recorder.url), proxy_mode="ipvs",
+                     cni="flannel")  # fmt: skip
+    spec = parse_spec(data, base_dir=tmp_path)
+    dataplane = make(spec, tmp_path)
+    conf = kube_proxy_configuration(spec.dataplane, spec.network)  # type: ignore[arg-type]
+    system = "/api/v1/namespaces/kube-system"
+    recorder.seed(f"{system}/configmaps", {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kube-proxy", "namespace": "kube-system"},
+        "data": {"config.conf": yaml.safe_dump(conf), "kubeconfig.conf": "..."},
+    })  # fmt: skip
+    recorder.seed("/apis/apps/v1/namespaces/kube-system/daemonsets", {
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "kube-proxy", "namespace": "kube-system", "generation": 2},
+        "status": {"observedGeneration": 2, "desiredNumberScheduled": 2,
+                   "updatedNumberScheduled": 2, "numberAvailable": 2},
+    })  # fmt: skip
+    event = dataplane.restart_proxy("sh")
+    assert event.change == "kube-proxy restarted with --ipvs-scheduler=sh"
+    config_patch, restart = recorder.made("PATCH")
+    assert config_patch.path == f"{system}/configmaps/kube-proxy"
+    written = yaml.safe_load(config_patch.body["data"]["config.conf"])
+    assert written["ipvs"]["scheduler"] == "sh" and written["mode"] == "ipvs"
+    assert restart.path == "/apis/apps/v1/namespaces/kube-system/daemonsets/kube-proxy"
+    annotations = restart.body["spec"]["template"]["metadata"]["annotations"]
+    assert set(annotations) == {"kubectl.kubernetes.io/restartedAt"}
+    with pytest.raises(LabError, match="means nothing in proxy mode none"):
+        make(parse_spec(spec_data(tmp_path, tmp_path / "kubeconfig"), base_dir=tmp_path),
+             tmp_path).restart_proxy("sh")  # fmt: skip

@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -28,6 +29,8 @@ from kubelab.errors import LabError
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
 CONFLICT, NOT_FOUND = 409, 404
+SYSTEM, KUBE_PROXY, KUBE_PROXY_CONF = "kube-system", "kube-proxy", "config.conf"
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"  # what `kubectl rollout restart` sets
 RAW: dict[str, Any] = {"_preload_content": False}
 PATCH: dict[str, Any] = {"_content_type": STRATEGIC_MERGE, **RAW}
 
@@ -151,6 +154,46 @@ class ClusterApi:
                 admitted.append(name)
         return admitted
 
+    def set_kube_proxy_scheduler(self, scheduler: str, restarted_at: str) -> None:
+        """kube-proxy's IPVS scheduler in its ConfigMap (kubeadm's kube-system/kube-proxy,
+        key config.conf), then its DaemonSet restarted, as `kubectl rollout restart`
+        does (a pod-template annotation)."""
+        try:
+            config_map = _json(
+                lambda: self.core.read_namespaced_config_map(KUBE_PROXY, SYSTEM, **RAW)
+            )
+            conf = yaml.safe_load(config_map["data"][KUBE_PROXY_CONF])
+            conf.setdefault("ipvs", {})["scheduler"] = scheduler
+            data = {KUBE_PROXY_CONF: yaml.safe_dump(conf, sort_keys=False)}
+            self.core.patch_namespaced_config_map(KUBE_PROXY, SYSTEM, {"data": data}, **PATCH)
+            template = {"metadata": {"annotations": {RESTARTED_AT: restarted_at}}}
+            self.apps.patch_namespaced_daemon_set(
+                KUBE_PROXY, SYSTEM, {"spec": {"template": template}}, **PATCH
+            )
+        except ApiException as exc:
+            raise _error(f"restart kube-proxy with scheduler {scheduler}", exc) from None
+        except (KeyError, ValueError, AttributeError) as exc:
+            raise LabError(
+                f"kube-system/kube-proxy: no KubeProxyConfiguration under {KUBE_PROXY_CONF} "
+                f"({exc}); only kubeadm's layout is known"
+            ) from None
+
+    def kube_proxy_rolled_out(self) -> bool:
+        """Every node runs a kube-proxy pod of the DaemonSet's current template."""
+        try:
+            daemon_set = _json(
+                lambda: self.apps.read_namespaced_daemon_set(KUBE_PROXY, SYSTEM, **RAW)
+            )
+        except ApiException as exc:
+            raise _error("read the kube-proxy DaemonSet", exc) from None
+        status = daemon_set.get("status") or {}
+        want = status.get("desiredNumberScheduled", -1)
+        return bool(
+            status.get("observedGeneration", 0) >= daemon_set["metadata"].get("generation", 0)
+            and status.get("updatedNumberScheduled") == want
+            and status.get("numberAvailable") == want
+        )
+
     def delete_lab(self, namespaces: list[str]) -> None:
         """Everything labelled with the lab: Services and Deployments in `namespaces`
         (their pods go with the Deployments), then the namespaces the lab created."""
@@ -208,11 +251,18 @@ class ClusterApi:
 
     def _read(self, call: Callable[[], Any]) -> list[dict[str, Any]]:
         try:
-            response = call()
+            items = _json(call).get("items") or []
         except ApiException as exc:
             raise _error("list", exc) from None
-        items = json.loads(response.data).get("items") or []
         return [i for i in items if isinstance(i, dict)]
+
+
+def _json(call: Callable[[], Any]) -> dict[str, Any]:
+    """One object as the API returned it (a raw response's body)."""
+    doc = json.loads(call().data)
+    if not isinstance(doc, dict):
+        raise LabError(f"the API server returned {type(doc).__name__}, not an object")
+    return doc
 
 
 def _error(doing: str, exc: ApiException) -> LabError:

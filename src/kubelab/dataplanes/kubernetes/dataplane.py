@@ -416,6 +416,22 @@ class KubernetesDataplane(Dataplane):
             "without restarting it on every node; this scenario needs the reference dataplane"
         )
 
+    def restart_proxy(self, scheduler: str) -> ProgrammingEvent:
+        """kube-proxy restarted on every node with another IPVS scheduler (its ConfigMap,
+        then a rollout restart); it reconciles the virtual servers it finds."""
+        if self.proxy_mode != "ipvs":
+            raise LabError(f"an IPVS scheduler means nothing in proxy mode {self.proxy_mode}")
+        published, before = time.time(), self._scrape()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(published))
+        self.api.set_kube_proxy_scheduler(scheduler, stamp)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not self.api.kube_proxy_rolled_out():
+            if time.monotonic() > deadline:
+                raise LabError(f"kube-proxy not restarted on every node in {READY_TIMEOUT_S:.0f}s")
+            time.sleep(1)
+        return self._record(f"kube-proxy restarted with --ipvs-scheduler={scheduler}",
+                            published, before)  # fmt: skip
+
     def proxy_health(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for node in self.nodes:
