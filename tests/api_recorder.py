@@ -32,6 +32,7 @@ KINDS = {
     "deployments": ("apps/v1", "Deployment"),
     "daemonsets": ("apps/v1", "DaemonSet"),
     "configmaps": ("v1", "ConfigMap"),
+    "networkpolicies": ("networking.k8s.io/v1", "NetworkPolicy"),
     "endpointslices": ("discovery.k8s.io/v1", "EndpointSlice"),
 }
 

@@ -153,11 +153,12 @@ def test_down_deletes_by_the_labs_label_and_leaves_the_rest(
     api.apply(other)
     api.delete_lab(["default"])
     collection_deletes = [r for r in recorder.made("DELETE") if r.path.endswith("s")]
-    assert [(r.path, r.query) for r in collection_deletes[:2]] == [
-        (f"{CORE}/services", {"labelSelector": f"{manifests.LAB_LABEL}={LAB}"}),
-        (f"{APPS}/deployments", {"labelSelector": f"{manifests.LAB_LABEL}={LAB}",
-                                 "propagationPolicy": "Foreground"}),
-    ]  # fmt: skip
+    by_label = {"labelSelector": f"{manifests.LAB_LABEL}={LAB}"}
+    assert [(r.path, r.query) for r in collection_deletes[:3]] == [
+        (f"{CORE}/services", by_label),
+        ("/apis/networking.k8s.io/v1/namespaces/default/networkpolicies", by_label),
+        (f"{APPS}/deployments", {**by_label, "propagationPolicy": "Foreground"}),
+    ]
     assert sorted(recorder.objects) == ["/api/v1/namespaces/theirs"]
 
 
@@ -175,3 +176,18 @@ def test_a_broken_kubeconfig_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(LabError) as err:
         ClusterApi.from_kubeconfig(bad, LAB)
     assert str(err.value).startswith(f"{bad}: ") and "\n" not in str(err.value)
+
+
+def test_a_network_policy_goes_where_the_api_keeps_it(
+    api: ClusterApi, recorder: ApiRecorder
+) -> None:
+    spec = {"podSelector": {"matchLabels": {manifests.WORKLOAD_LABEL: "echo"}},
+            "policyTypes": ["Ingress"], "ingress": []}  # fmt: skip
+    api.apply(manifests.network_policy("default", "deny-all", spec, LAB))
+    (post,) = recorder.made("POST")
+    assert post.path == "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies"
+    assert post.body["spec"] == spec and post.body["metadata"]["labels"] == {
+        manifests.LAB_LABEL: LAB
+    }
+    api.delete_network_policy("default", "deny-all")
+    assert recorder.made("DELETE")[0].path.endswith("/networkpolicies/deny-all")

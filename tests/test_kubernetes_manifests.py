@@ -117,3 +117,12 @@ def test_the_reference_dataplanes_exported_objects_have_the_apis_shapes() -> Non
     items = cluster.objects()["items"]
     assert {o["kind"] for o in items} == {"Service", "EndpointSlice", "Pod", "Node"}
     assert [e for o in items if (e := invalid(o))] == []
+
+
+def test_a_network_policy_kubelab_sends_is_valid() -> None:
+    policy = manifests.network_policy("default", "echo-from-allowed", {
+        "podSelector": {"matchLabels": {manifests.WORKLOAD_LABEL: "echo"}},
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {manifests.WORKLOAD_LABEL: "a"}}}]}],
+    }, "lab")  # fmt: skip
+    assert invalid(policy) is None

@@ -42,6 +42,7 @@ class ClusterApi:
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.discovery = client.DiscoveryV1Api(api_client)
+        self.networking = client.NetworkingV1Api(api_client)
 
     @classmethod
     def from_kubeconfig(cls, path: Path, lab_id: str, context: str | None = None) -> ClusterApi:
@@ -93,6 +94,11 @@ class ClusterApi:
                 lambda o: self.apps.create_namespaced_deployment(ns(o), o, **RAW),
                 lambda n, o: self.apps.patch_namespaced_deployment(n, ns(o), o, **PATCH),
             )
+        if kind == "NetworkPolicy":
+            return (
+                lambda o: self.networking.create_namespaced_network_policy(ns(o), o, **RAW),
+                lambda n, o: self.networking.patch_namespaced_network_policy(n, ns(o), o, **PATCH),
+            )
         raise LabError(f"kubelab does not send {kind} objects")
 
     def patch_service(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
@@ -104,6 +110,11 @@ class ClusterApi:
 
     def delete_service(self, namespace: str, name: str) -> None:
         self._delete(lambda: self.core.delete_namespaced_service(name, namespace, **RAW))
+
+    def delete_network_policy(self, namespace: str, name: str) -> None:
+        self._delete(
+            lambda: self.networking.delete_namespaced_network_policy(name, namespace, **RAW)
+        )
 
     def delete_deployment(self, namespace: str, name: str) -> None:
         """Its pods go too, each with its grace period."""
@@ -201,6 +212,12 @@ class ClusterApi:
             self._delete(
                 partial(
                     self.core.delete_collection_namespaced_service,
+                    namespace, label_selector=self.selector, **RAW,
+                )
+            )  # fmt: skip
+            self._delete(
+                partial(
+                    self.networking.delete_collection_namespaced_network_policy,
                     namespace, label_selector=self.selector, **RAW,
                 )
             )  # fmt: skip

@@ -323,7 +323,19 @@ class KubernetesDataplane(Dataplane):
         self.workloads[spec.name] = spec
         for deployment in self._deployments(spec.name):
             self.api.apply(deployment)
+        self._wait_running(spec.name)
         self._wait_workloads()
+
+    def _wait_running(self, workload: str, timeout: float = READY_TIMEOUT_S) -> None:
+        """Until the workload's pods all run with an address (Service or not)."""
+        want, deadline = self._expected_pods(workload), time.monotonic() + timeout
+        while len(self.running_pods(workload)) != want:
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"workload {workload}: {len(self.running_pods(workload))} of {want} pods "
+                    f"running after {timeout:.0f}s"
+                )
+            time.sleep(1)
 
     def delete_workload(self, name: str) -> None:
         for deployment in self._deployments(name):
@@ -369,6 +381,15 @@ class KubernetesDataplane(Dataplane):
                     spec.namespace, spec.name, Wanted(gone_pods=frozenset({name})),
                     READY_TIMEOUT_S,
                 )  # fmt: skip
+
+    # --- network policy (real clusters only: the reference dataplane enforces none) ---------
+
+    def apply_network_policy(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        """A NetworkPolicy with this spec (networking.k8s.io/v1), labelled with the lab."""
+        self.api.apply(manifests.network_policy(namespace, name, spec, self.spec.lab_id))
+
+    def delete_network_policy(self, namespace: str, name: str) -> None:
+        self.api.delete_network_policy(namespace, name)
 
     def set_pod_ready(self, name: str, ready: bool) -> None:
         pod = self._pod(name)

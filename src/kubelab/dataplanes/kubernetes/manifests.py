@@ -156,6 +156,15 @@ def service(svc: ServiceSpec, lab_id: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec}
 
 
+def network_policy(namespace: str, name: str, spec: dict[str, Any], lab_id: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(name, namespace, lab_id),
+        "spec": spec,
+    }
+
+
 def workload_namespaces(services: list[ServiceSpec]) -> dict[str, str]:
     """Each workload's namespace: that of the Services selecting it (a Service selects
     pods of its own namespace only; KubernetesOptions.check_lab refuses a workload that
