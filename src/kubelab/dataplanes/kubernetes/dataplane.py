@@ -196,6 +196,10 @@ class KubernetesDataplane(Dataplane):
         return self.api.endpoint_slices(spec.namespace, spec.name)
 
     def _expected_pods(self, workload: str) -> int:
+        """The pods the workload's Deployments ask for; none for a workload deleted (or
+        never made) while a Service still selects it."""
+        if workload not in self.workloads:
+            return 0
         namespace = self.namespace_of.get(workload, "default")
         return sum(
             int(d["spec"]["replicas"])
