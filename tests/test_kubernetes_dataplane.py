@@ -331,3 +331,18 @@ def test_a_kube_proxy_restart_with_another_scheduler(recorder: ApiRecorder, tmp_
     with pytest.raises(LabError, match="means nothing in proxy mode none"):
         make(parse_spec(spec_data(tmp_path, tmp_path / "kubeconfig"), base_dir=tmp_path),
              tmp_path).restart_proxy("sh")  # fmt: skip
+
+
+def test_a_deleted_workload_goes_with_its_deployments_and_is_waited_for_as_none(
+    dataplane: KubernetesDataplane, recorder: ApiRecorder
+) -> None:
+    seed_cluster(recorder)
+    dataplane.up(lambda _: None)
+    dataplane.delete_workload("echo")
+    deletes = [(r.path, r.query) for r in recorder.made("DELETE")]
+    assert deletes == [
+        (f"{APPS}/deployments/echo-n1", {"propagationPolicy": "Foreground"}),
+        (f"{APPS}/deployments/echo-n2", {"propagationPolicy": "Foreground"}),
+    ]
+    recorder.seed(SLICES, endpoint_slice([]))  # the endpoints controller's part
+    dataplane.settle(timeout=1)  # the Service that selected it now expects no pod
