@@ -28,8 +28,11 @@ class SshTunnel:
         self.host = host
         self.remote_port = remote_port
         self.local_port = free_loopback_port()
+        # a connection of its own, not a shared master's: the forward ends with this
+        # process (a master would keep it for ControlPersist)
         argv = [
             "ssh", "-F", str(ssh_config), "-N", "-o", "ExitOnForwardFailure=yes",
+            "-o", "ControlMaster=no", "-o", "ControlPath=none",
             "-L", f"127.0.0.1:{self.local_port}:127.0.0.1:{remote_port}", host,
         ]  # fmt: skip
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
