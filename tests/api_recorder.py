@@ -30,6 +30,7 @@ KINDS = {
     "pods": ("v1", "Pod"),
     "nodes": ("v1", "Node"),
     "deployments": ("apps/v1", "Deployment"),
+    "statefulsets": ("apps/v1", "StatefulSet"),
     "daemonsets": ("apps/v1", "DaemonSet"),
     "configmaps": ("v1", "ConfigMap"),
     "networkpolicies": ("networking.k8s.io/v1", "NetworkPolicy"),

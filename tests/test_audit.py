@@ -214,6 +214,21 @@ def test_expected_table_of_kube_proxys_own_services_matches_their_dumps(name: st
     assert diff_tables(expected_table(doc, "test-node", actual.mode), actual) == []
 
 
+def test_an_external_name_service_calls_for_no_rule() -> None:
+    """kube-proxy's dumps of its six Services hold no rule for an ExternalName Service
+    beside them, ports, external IPs and all: the expected table has none either."""
+    doc = json.loads((DATA / "objects-upstream-overall.json").read_text())
+    doc["items"].append({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "alias", "namespace": "ns1"},
+        "spec": {"type": "ExternalName", "externalName": "svc1.ns1.svc.cluster.local",
+                 "ports": [{"name": "p80", "port": 80, "protocol": "TCP"}],
+                 "externalIPs": ["192.0.2.99"]},
+    })  # fmt: skip
+    actual = audit((DUMPS / "upstream-overall.iptables-save").read_text())
+    assert diff_tables(expected_table(doc, "test-node", actual.mode), actual) == []
+
+
 def test_a_changed_source_range_is_one_difference() -> None:
     doc = json.loads((DATA / "objects-upstream-overall.json").read_text())
     text = (DUMPS / "upstream-overall.iptables-save").read_text()

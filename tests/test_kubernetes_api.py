@@ -19,6 +19,7 @@ from kubelab.dataplanes.kubernetes.api import MERGE, STRATEGIC_MERGE, ClusterApi
 from kubelab.dataplanes.kubernetes.endpoint_waits import Wanted, wait_for_endpoints
 from kubelab.errors import LabError
 from kubelab.spec import load_spec
+from kubelab.spec_common import WorkloadSpec
 
 LAB = "apitest"
 CORE = "/api/v1/namespaces/default"
@@ -154,10 +155,11 @@ def test_down_deletes_by_the_labs_label_and_leaves_the_rest(
     api.delete_lab(["default"])
     collection_deletes = [r for r in recorder.made("DELETE") if r.path.endswith("s")]
     by_label = {"labelSelector": f"{manifests.LAB_LABEL}={LAB}"}
-    assert [(r.path, r.query) for r in collection_deletes[:3]] == [
+    assert [(r.path, r.query) for r in collection_deletes[:4]] == [
         (f"{CORE}/services", by_label),
         ("/apis/networking.k8s.io/v1/namespaces/default/networkpolicies", by_label),
         (f"{APPS}/deployments", {**by_label, "propagationPolicy": "Foreground"}),
+        (f"{APPS}/statefulsets", {**by_label, "propagationPolicy": "Foreground"}),
     ]
     assert sorted(recorder.objects) == ["/api/v1/namespaces/theirs"]
 
@@ -191,3 +193,14 @@ def test_a_network_policy_goes_where_the_api_keeps_it(
     }
     api.delete_network_policy("default", "deny-all")
     assert recorder.made("DELETE")[0].path.endswith("/networkpolicies/deny-all")
+
+
+def test_a_stateful_set_goes_where_the_api_keeps_it_and_down_takes_it(
+    api: ClusterApi, recorder: ApiRecorder
+) -> None:
+    web = WorkloadSpec(name="web", replicas=2)
+    api.apply(manifests.headless_service(web, "default", LAB))
+    api.apply(manifests.stateful_set(web, "default", LAB))
+    assert [r.path for r in recorder.made("POST")] == [f"{CORE}/services", f"{APPS}/statefulsets"]
+    api.delete_lab(["default"])
+    assert recorder.objects == {}

@@ -24,6 +24,7 @@ from helpers import kubelab
 from kubelab.dataplanes.kubernetes import manifests
 from kubelab.dataplanes.kubernetes.dataplane import KubernetesDataplane
 from kubelab.errors import LabError
+from kubelab.rules.expected import diff_tables, expected_table
 from kubelab.spec import LabSpec, parse_spec
 from kubelab.substrates.existing import ExistingSubstrate
 
@@ -346,3 +347,61 @@ def test_a_deleted_workload_goes_with_its_deployments_and_is_waited_for_as_none(
     ]
     recorder.seed(SLICES, endpoint_slice([]))  # the endpoints controller's part
     dataplane.settle(timeout=1)  # the Service that selected it now expects no pod
+
+
+def test_the_dns_scenarios_objects_are_made_waited_for_and_deleted(
+    dataplane: KubernetesDataplane, recorder: ApiRecorder
+) -> None:
+    seed_cluster(recorder)
+    dataplane.up(lambda _: None)
+    before = expected_table(dataplane.objects(), "n1", "iptables")
+    for i, ip in enumerate(("10.244.1.9", "10.244.2.9")):  # what the StatefulSet controller makes
+        web = pod(f"web-{i}", NODES[i], ip)
+        web["metadata"]["labels"][manifests.WORKLOAD_LABEL] = "web"
+        web["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+        recorder.seed(CORE + "/pods", web)
+    assert dataplane.create_stateful_set("web", 2) == {"web-0": "10.244.1.9", "web-1": "10.244.2.9"}
+    dataplane.create_external_name("default", "echo-alias", "echo.default.svc.cluster.local")
+    posts = [(r.path, r.body["metadata"]["name"]) for r in recorder.made("POST")][-3:]
+    assert posts == [
+        (f"{CORE}/services", "web"), (f"{APPS}/statefulsets", "web"),
+        (f"{CORE}/services", "echo-alias"),
+    ]  # fmt: skip
+    # the headless Service and the alias add nothing to what the proxy is to program
+    assert diff_tables(before, expected_table(dataplane.objects(), "n1", "iptables")) == []
+    dataplane.delete_stateful_set("web")
+    dataplane.delete_external_name("default", "echo-alias")
+    assert [r.path for r in recorder.made("DELETE")][-3:] == [
+        f"{APPS}/statefulsets/web", f"{CORE}/services/web", f"{CORE}/services/echo-alias",
+    ]  # fmt: skip
+    with pytest.raises(LabError, match="workload 'echo' exists"):
+        dataplane.create_stateful_set("echo", 1)
+
+
+def test_a_policy_client_lives_in_its_namespace_with_its_labels(
+    dataplane: KubernetesDataplane, recorder: ApiRecorder
+) -> None:
+    seed_cluster(recorder)
+    dataplane.up(lambda _: None)
+    client = pod("np-out-a-x", "n1", "10.244.1.20")
+    client["metadata"]["namespace"] = "np-other"
+    client["metadata"]["labels"] |= {manifests.WORKLOAD_LABEL: "np-out-a", "role": "allowed"}
+    recorder.seed("/api/v1/namespaces/np-other/pods", client)
+    made = dataplane.create_client("np-out-a", "np-other", {"role": "allowed"})
+    assert (made.name, str(made.ip), made.node) == ("np-out-a-x", "10.244.1.20", "n1")
+    posts = [(r.path, r.body) for r in recorder.made("POST")][-3:]
+    assert [path for path, _ in posts] == [
+        "/api/v1/namespaces",
+        "/apis/apps/v1/namespaces/np-other/deployments",
+        "/apis/apps/v1/namespaces/np-other/deployments",
+    ]
+    assert [body["spec"]["replicas"] for _, body in posts[1:]] == [1, 0]  # one pod, on n1
+    labels = posts[1][1]["spec"]["template"]["metadata"]["labels"]
+    assert labels["role"] == "allowed" and labels[manifests.LAB_LABEL] == "kdp"
+    dataplane.delete_workload("np-out-a")
+    assert [r.path for r in recorder.made("DELETE")][-2:] == [
+        "/apis/apps/v1/namespaces/np-other/deployments/np-out-a-n1",
+        "/apis/apps/v1/namespaces/np-other/deployments/np-out-a-n2",
+    ]
+    dataplane.down()  # the namespace the lab made goes by its label
+    assert "/api/v1/namespaces/np-other" not in recorder.objects

@@ -19,6 +19,7 @@ from kubelab.dataplanes.kubernetes import manifests
 from kubelab.dataplanes.reference.cluster import ClusterState
 from kubelab.rules.expected import service_from_object
 from kubelab.spec import LabSpec, load_spec
+from kubelab.spec_common import WorkloadSpec
 from kubelab.substrates.netns import NetnsSubstrate
 from kubelab.topology import Topology
 
@@ -126,3 +127,18 @@ def test_a_network_policy_kubelab_sends_is_valid() -> None:
         "ingress": [{"from": [{"podSelector": {"matchLabels": {manifests.WORKLOAD_LABEL: "a"}}}]}],
     }, "lab")  # fmt: skip
     assert invalid(policy) is None
+
+
+def test_the_dns_scenarios_objects_are_valid() -> None:
+    web = WorkloadSpec(name="web", replicas=2)
+    stateful_set = manifests.stateful_set(web, "default", "lab")
+    governing = manifests.headless_service(web, "default", "lab")
+    alias = manifests.external_name_service("default", "echo-alias", "echo.default.svc.x.", "lab")
+    assert [e for o in (stateful_set, governing, alias) if (e := invalid(o))] == []
+    # the StatefulSet's pods are its governing Service's: same selector, its name
+    assert stateful_set["spec"]["serviceName"] == governing["metadata"]["name"]
+    assert governing["spec"]["selector"] == stateful_set["spec"]["selector"]["matchLabels"]
+    assert governing["spec"]["clusterIP"] == "None"
+    # no node, no readiness gate: Ready by the probe, where the scheduler puts them
+    assert "readinessGates" not in stateful_set["spec"]["template"]["spec"]
+    assert "nodeSelector" not in stateful_set["spec"]["template"]["spec"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubelab.model import Endpoint, Service, ServicePort
+from kubelab.network_policy import policy_types, selects
 from kubelab.rules.expected import endpoints_from_slices, service_from_object
 
 
@@ -70,12 +71,10 @@ def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 def policy_selects(policy: dict[str, Any], pod: PodView) -> bool:
-    """A NetworkPolicy's podSelector (matchLabels; empty selects every pod)."""
+    """A NetworkPolicy's podSelector (empty selects every pod of its namespace)."""
     if (policy.get("metadata") or {}).get("namespace", "default") != pod.namespace:
         return False
-    selector = (policy.get("spec") or {}).get("podSelector") or {}
-    wanted = selector.get("matchLabels") or {}
-    return all(pod.labels.get(k) == v for k, v in wanted.items())
+    return selects((policy.get("spec") or {}).get("podSelector"), pod.labels)
 
 
 def policy_name(policy: dict[str, Any]) -> str:
@@ -87,8 +86,7 @@ def allows_ingress(policy: dict[str, Any]) -> bool:
     """Whether a policy lets any ingress in: not an Ingress policy, or one with at least
     one rule (a rule's own peers are not narrowed further here)."""
     spec = policy.get("spec") or {}
-    types = spec.get("policyTypes") or ["Ingress"]
-    return "Ingress" not in types or bool(spec.get("ingress"))
+    return "Ingress" not in policy_types(spec) or bool(spec.get("ingress"))
 
 
 def service_view(doc: dict[str, Any], key: str) -> ServiceView | None:

@@ -139,7 +139,7 @@ def expected_table(doc: Any, node: str, mode: str) -> ForwardingTable:
     for obj in services:
         svc, external_ips, lb_ips = service_from_object(obj)
         ranges = source_ranges_of(obj) if lb_ips else []
-        if svc.headless:
+        if svc.headless:  # no cluster IP (headless, or ExternalName: a CNAME only): no rule
             continue
         for port in svc.ports:
             proto = port.protocol.lower()

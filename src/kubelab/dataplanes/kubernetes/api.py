@@ -94,6 +94,11 @@ class ClusterApi:
                 lambda o: self.apps.create_namespaced_deployment(ns(o), o, **RAW),
                 lambda n, o: self.apps.patch_namespaced_deployment(n, ns(o), o, **PATCH),
             )
+        if kind == "StatefulSet":
+            return (
+                lambda o: self.apps.create_namespaced_stateful_set(ns(o), o, **RAW),
+                lambda n, o: self.apps.patch_namespaced_stateful_set(n, ns(o), o, **PATCH),
+            )
         if kind == "NetworkPolicy":
             return (
                 lambda o: self.networking.create_namespaced_network_policy(ns(o), o, **RAW),
@@ -120,6 +125,13 @@ class ClusterApi:
         """Its pods go too, each with its grace period."""
         self._delete(
             lambda: self.apps.delete_namespaced_deployment(
+                name, namespace, propagation_policy="Foreground", **RAW
+            )
+        )
+
+    def delete_stateful_set(self, namespace: str, name: str) -> None:
+        self._delete(
+            lambda: self.apps.delete_namespaced_stateful_set(
                 name, namespace, propagation_policy="Foreground", **RAW
             )
         )
@@ -206,8 +218,9 @@ class ClusterApi:
         )
 
     def delete_lab(self, namespaces: list[str]) -> None:
-        """Everything labelled with the lab: Services and Deployments in `namespaces`
-        (their pods go with the Deployments), then the namespaces the lab created."""
+        """Everything labelled with the lab: Services, NetworkPolicies, Deployments and
+        StatefulSets in `namespaces` (their pods go with them), then the namespaces the
+        lab created."""
         for namespace in namespaces:
             self._delete(
                 partial(
@@ -221,13 +234,16 @@ class ClusterApi:
                     namespace, label_selector=self.selector, **RAW,
                 )
             )  # fmt: skip
-            self._delete(
-                partial(
-                    self.apps.delete_collection_namespaced_deployment,
-                    namespace, label_selector=self.selector, propagation_policy="Foreground",
-                    **RAW,
-                )
-            )  # fmt: skip
+            for workloads in (
+                self.apps.delete_collection_namespaced_deployment,
+                self.apps.delete_collection_namespaced_stateful_set,
+            ):
+                self._delete(
+                    partial(
+                        workloads, namespace, label_selector=self.selector,
+                        propagation_policy="Foreground", **RAW,
+                    )
+                )  # fmt: skip
         labelled = partial(self.core.list_namespace, label_selector=self.selector, **RAW)
         for item in self._read(labelled):
             self._delete(partial(self.core.delete_namespace, item["metadata"]["name"], **RAW))

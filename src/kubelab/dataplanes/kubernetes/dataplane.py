@@ -68,6 +68,7 @@ class KubernetesDataplane(Dataplane):
         self.workloads: dict[str, WorkloadSpec] = {w.name: w for w in spec.workloads}
         self.services: dict[str, ServiceSpec] = {}
         self.namespace_of = manifests.workload_namespaces(spec.services)
+        self.pod_labels: dict[str, dict[str, str]] = {}  # a client's own, besides kubelab's
         self.access = ApiAccess(
             substrate, state_dir(spec.lab_id), self.nodes[0].name, self.options.kubeconfig
         )
@@ -211,7 +212,7 @@ class KubernetesDataplane(Dataplane):
         spec = self.workloads[workload]
         return manifests.deployments(
             spec, self.namespace_of.get(workload, "default"), self.spec.lab_id,
-            [n.name for n in self.nodes],
+            [n.name for n in self.nodes], labels=self.pod_labels.get(workload),
         )  # fmt: skip
 
     # --- programming latency ------------------------------------------------------------------
@@ -346,6 +347,7 @@ class KubernetesDataplane(Dataplane):
             meta = deployment["metadata"]
             self.api.delete_deployment(meta["namespace"], meta["name"])
         self.workloads.pop(name, None)
+        self.pod_labels.pop(name, None)
 
     def scale(self, workload: str, replicas: int) -> None:
         if workload not in self.workloads:
@@ -386,7 +388,62 @@ class KubernetesDataplane(Dataplane):
                     READY_TIMEOUT_S,
                 )  # fmt: skip
 
+    # --- DNS objects (real clusters only: the reference dataplane runs no DNS) -------------
+
+    def create_stateful_set(
+        self, name: str, replicas: int, namespace: str = "default"
+    ) -> dict[str, str]:
+        """A StatefulSet of agnhost netexec pods with its governing headless Service, both
+        named `name`, labelled with the lab: the pods' names and IPs once all are Ready."""
+        if name in self.workloads:
+            raise LabError(f"workload {name!r} exists; pick another name for the StatefulSet")
+        spec = WorkloadSpec(name=name, replicas=replicas)
+        self.api.apply(manifests.headless_service(spec, namespace, self.spec.lab_id))
+        self.api.apply(manifests.stateful_set(spec, namespace, self.spec.lab_id))
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            pods = {
+                pod["metadata"]["name"]: pod["status"]["podIP"]
+                for pod in self.api.pods(namespace, name)
+                if _ready(pod) and (pod.get("status") or {}).get("podIP")
+            }
+            if len(pods) == replicas:
+                return pods
+            if time.monotonic() > deadline:
+                raise LabError(f"StatefulSet {namespace}/{name}: {len(pods)} of {replicas} "
+                               f"pods ready after {READY_TIMEOUT_S:.0f}s")  # fmt: skip
+            time.sleep(1)
+
+    def delete_stateful_set(self, name: str, namespace: str = "default") -> None:
+        self.api.delete_stateful_set(namespace, name)
+        self.api.delete_service(namespace, name)
+
+    def create_external_name(self, namespace: str, name: str, external_name: str) -> None:
+        """A Service that is only a CNAME to `external_name`, labelled with the lab."""
+        self.api.apply(
+            manifests.external_name_service(namespace, name, external_name, self.spec.lab_id)
+        )
+
+    def delete_external_name(self, namespace: str, name: str) -> None:
+        self.api.delete_service(namespace, name)
+
     # --- network policy (real clusters only: the reference dataplane enforces none) ---------
+
+    def create_client(
+        self, name: str, namespace: str, labels: dict[str, str], node: str | None = None
+    ) -> PodInfo:
+        """A workload of one agnhost netexec pod in `namespace` (made, labelled with the
+        lab, if new), carrying `labels` besides kubelab's: a NetworkPolicy peer that dials
+        from where a policy's selectors see it. `delete_workload` removes it."""
+        if name in self.workloads:
+            raise LabError(f"workload {name!r} exists; pick another name")
+        if namespace != "default":
+            self.api.apply(manifests.namespace(namespace, self.spec.lab_id))
+        self.namespace_of[name] = namespace
+        self.pod_labels[name] = dict(labels)
+        self.create_workload(WorkloadSpec(name=name, replicas=1, nodes=[node] if node else None))
+        (pod,) = self.running_pods(name)
+        return pod
 
     def apply_network_policy(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
         """A NetworkPolicy with this spec (networking.k8s.io/v1), labelled with the lab."""

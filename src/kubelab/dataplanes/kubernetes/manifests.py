@@ -40,13 +40,25 @@ def namespace(name: str, lab_id: str) -> dict[str, Any]:
     }
 
 
-def pod_template(workload: WorkloadSpec, lab_id: str, node: str) -> dict[str, Any]:
-    return {
-        "metadata": {"labels": {LAB_LABEL: lab_id, WORKLOAD_LABEL: workload.name}},
-        "spec": {
+def pod_template(
+    workload: WorkloadSpec, lab_id: str, node: str | None, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The workload's pod, with `labels` besides kubelab's: on `node`, Ready only through
+    kubelab's readiness gate; with no node (a StatefulSet's), placed by the scheduler and
+    Ready by its probe alone."""
+    placed: dict[str, Any] = {}
+    if node is not None:
+        placed = {
             "nodeSelector": {NODE_LABEL: node},
-            "terminationGracePeriodSeconds": GRACE_S,
             "readinessGates": [{"conditionType": READINESS_GATE}],
+        }
+    return {
+        "metadata": {
+            "labels": {**(labels or {}), LAB_LABEL: lab_id, WORKLOAD_LABEL: workload.name}
+        },
+        "spec": {
+            **placed,
+            "terminationGracePeriodSeconds": GRACE_S,
             "containers": [
                 {
                     "name": "netexec",
@@ -76,11 +88,12 @@ def deployment_name(workload: str, node: str) -> str:
 
 
 def deployment(
-    workload: WorkloadSpec, namespace_name: str, lab_id: str, node: str, replicas: int
-) -> dict[str, Any]:
-    """The workload's pods on one node."""
+    workload: WorkloadSpec, namespace_name: str, lab_id: str, node: str, replicas: int,
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The workload's pods on one node (with `labels` besides kubelab's)."""
     selector = {LAB_LABEL: lab_id, WORKLOAD_LABEL: workload.name, NODE_LABEL: node}
-    template = pod_template(workload, lab_id, node)
+    template = pod_template(workload, lab_id, node, labels)
     template["metadata"]["labels"][NODE_LABEL] = node
     return {
         "apiVersion": "apps/v1",
@@ -105,16 +118,19 @@ def deployments(
     lab_id: str,
     nodes: list[str],
     replicas: int | None = None,
+    labels: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One Deployment per node with the pods the spec places there (`replicas`, when
-    given, is spread as WorkloadSpec.replicas spreads)."""
+    given, is spread as WorkloadSpec.replicas spreads), `labels` on each pod."""
     spread = (
         workload
         if replicas is None
         else workload.model_copy(update={"replicas": replicas, "pods_per_node": None})
     )
     return [
-        deployment(workload, namespace_name, lab_id, node, spread.count_on(i, len(nodes), node))
+        deployment(
+            workload, namespace_name, lab_id, node, spread.count_on(i, len(nodes), node), labels
+        )
         for i, node in enumerate(nodes)
     ]
 
@@ -154,6 +170,47 @@ def service(svc: ServiceSpec, lab_id: str) -> dict[str, Any]:
     if svc.load_balancer_ip is not None:
         meta["annotations"] = {METALLB_IPS: str(svc.load_balancer_ip)}
     return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec}
+
+
+def stateful_set(workload: WorkloadSpec, namespace_name: str, lab_id: str) -> dict[str, Any]:
+    """The workload's pods as a StatefulSet governed by the headless Service of the same
+    name (`headless_service`): pods NAME-0.. with DNS records NAME-i.NAME.NAMESPACE.svc.
+    Started in parallel: no pod waits for the one before it to be Ready."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _meta(workload.name, namespace_name, lab_id, **{WORKLOAD_LABEL: workload.name}),
+        "spec": {
+            "serviceName": workload.name,
+            "replicas": workload.replicas,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {LAB_LABEL: lab_id, WORKLOAD_LABEL: workload.name}},
+            "template": pod_template(workload, lab_id, None),
+        },
+    }
+
+
+def headless_service(workload: WorkloadSpec, namespace_name: str, lab_id: str) -> dict[str, Any]:
+    """The headless Service selecting the workload's pods on its HTTP port."""
+    spec = ServiceSpec.model_validate({
+        "name": workload.name, "namespace": namespace_name, "workload": workload.name,
+        "cluster_ip": "None",
+        "ports": [{"name": "http", "port": workload.port, "target_port": workload.port}],
+    })  # fmt: skip
+    return service(spec, lab_id)
+
+
+def external_name_service(
+    namespace_name: str, name: str, external_name: str, lab_id: str
+) -> dict[str, Any]:
+    """A Service that is only a DNS alias (a CNAME to `external_name`): no selector, no
+    cluster IP, nothing for kube-proxy to program."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(name, namespace_name, lab_id),
+        "spec": {"type": "ExternalName", "externalName": external_name},
+    }
 
 
 def network_policy(namespace: str, name: str, spec: dict[str, Any], lab_id: str) -> dict[str, Any]:
