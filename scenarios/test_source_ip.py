@@ -133,14 +133,15 @@ def test_local_policy_keeps_client_ip(
 def test_health_check_node_port_is_200_only_where_endpoints_are(
     lab: Lab, resources: Resources, record: CaseRecord
 ) -> None:
-    """kube-proxy answers a Local Service's healthCheckNodePort so load balancers skip nodes
-    without endpoints: 200 with local endpoints, 503 without."""
+    """kube-proxy answers a Local LoadBalancer's healthCheckNodePort so load balancers skip
+    nodes without endpoints: 200 with local endpoints, 503 without. (The API server gives
+    a NodePort Service none: upstream's NeedsHealthCheck is LoadBalancer + Local only.)"""
     with_pods = [n.name for n in lab.topology.nodes][:-1]
     resources.workload("web", replicas=len(with_pods), nodes=with_pods)
     key = resources.service(
         name="web-local",
         workload="web",
-        type="NodePort",
+        type="LoadBalancer",
         external_traffic_policy="Local",
         ports=[{"name": "http", "port": 80, "target_port": 8080, "node_port": 30090}],
     )

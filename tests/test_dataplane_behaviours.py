@@ -55,7 +55,7 @@ def behaviour_spec(mode: str, pod_network: str) -> dict[str, Any]:
         {
             "name": "three-local",
             "workload": "three",
-            "type": "NodePort",
+            "type": "LoadBalancer",  # a healthCheckNodePort: only a LoadBalancer gets one
             "external_traffic_policy": "Local",
             "ports": [port("http", 80, 30103)],
         },

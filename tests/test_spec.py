@@ -195,9 +195,22 @@ BAD = {
     ),
     "a health-check port that is a NodePort": (
         local_spec_data(
-            services=[{**ECHO, "external_traffic_policy": "Local", "health_check_node_port": 30080}]
+            services=[
+                {
+                    **ECHO,
+                    "type": "LoadBalancer",
+                    "external_traffic_policy": "Local",
+                    "health_check_node_port": 30080,
+                }
+            ]
         ),
         "services[0].health_check_node_port: 30080 is already used by services[0] as a NodePort",
+    ),
+    "a health-check port on a NodePort Service": (
+        local_spec_data(
+            services=[{**ECHO, "external_traffic_policy": "Local", "health_check_node_port": 31000}]
+        ),
+        "health_check_node_port needs type LoadBalancer with external_traffic_policy Local",
     ),
     "a Service defined twice": (
         local_spec_data(

@@ -81,6 +81,12 @@ class Service:
         return self.externally_accessible and self.external_traffic_policy == "Local"
 
     @property
+    def needs_health_check(self) -> bool:
+        """The API server allocates a healthCheckNodePort (and kube-proxy serves it) for a
+        LoadBalancer with externalTrafficPolicy Local only, not for a NodePort."""
+        return self.type == "LoadBalancer" and self.external_traffic_policy == "Local"
+
+    @property
     def external_addresses(self) -> tuple[tuple[str, ipaddress.IPv4Address], ...]:
         """("externalip" | "loadbalancer", address) for every external address."""
         return tuple(("externalip", ip) for ip in self.external_ips) + tuple(
@@ -232,12 +238,8 @@ def service_from_spec(
     else:
         cluster_ip = lab.network.service_cidr.network_address + 10 + index
     health = spec.health_check_node_port
-    if (
-        health is None
-        and spec.type in ("NodePort", "LoadBalancer")
-        and spec.external_traffic_policy == "Local"
-    ):
-        health = allocate_node_port(taken)
+    if health is None and spec.type == "LoadBalancer" and spec.external_traffic_policy == "Local":
+        health = allocate_node_port(taken)  # as the API server does (Service.needs_health_check)
     return Service(
         namespace=spec.namespace,
         name=spec.name,

@@ -201,7 +201,7 @@ class ServiceSpec(StrictModel):
     internal_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
     session_affinity: Literal["None", "ClientIP"] = "None"
     session_affinity_timeout_s: int = Field(10800, ge=1, le=86400)
-    health_check_node_port: int | None = None  # default: allocated for NodePort + Local
+    health_check_node_port: int | None = None  # default: allocated for LoadBalancer + Local
     ports: list[ServicePortSpec] = Field(min_length=1)
 
     @field_validator("health_check_node_port")
@@ -238,10 +238,10 @@ class ServiceSpec(StrictModel):
                 "API server requires); change the type or use Cluster"
             )
         if self.health_check_node_port is not None and not (
-            self.type != "ClusterIP" and self.external_traffic_policy == "Local"
+            self.type == "LoadBalancer" and self.external_traffic_policy == "Local"
         ):
             raise ValueError(
-                "health_check_node_port needs type NodePort or LoadBalancer with "
-                "external_traffic_policy Local; remove it"
+                "health_check_node_port needs type LoadBalancer with external_traffic_policy "
+                "Local (the API server allocates one for no other Service); remove it"
             )
         return self

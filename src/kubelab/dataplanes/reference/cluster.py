@@ -148,9 +148,9 @@ class ClusterState:
 
     def change_service(self, key: str, changes: dict[str, Any]) -> None:
         svc = self.service(key).with_changes(**changes)
-        if svc.external_local and svc.health_check_node_port is None:
+        if svc.needs_health_check and svc.health_check_node_port is None:
             svc = svc.with_changes(health_check_node_port=allocate_node_port(self.taken_ports))
-        if not svc.external_local and svc.health_check_node_port is not None:
+        if not svc.needs_health_check and svc.health_check_node_port is not None:
             self.taken_ports.discard(svc.health_check_node_port)
             svc = svc.with_changes(health_check_node_port=None)
         self.services[key] = svc
