@@ -38,7 +38,7 @@ pytestmark = pytest.mark.kubelab_requires(
 
 TRIES = 10  # dials per name: every one answered by a pod of the Service
 RECORDS_WITHIN_S = 20.0  # a new object's records in CoreDNS
-STATEFUL_PODS = 2
+STATEFUL, STATEFUL_PODS = "dns-sts", 2  # a StatefulSet and its governing Service
 
 
 def in_pod(lab: Lab, path: str, **query: Any) -> dict[str, Any]:
@@ -161,19 +161,19 @@ def test_a_headless_services_name_returns_its_pods(
 def test_a_statefulsets_pods_each_have_a_record(lab: Lab, record: CaseRecord) -> None:
     namespace = lab.service(SERVICE).namespace
     domain = cluster_domain(lab)
-    pods = lab.dataplane.create_stateful_set("web", STATEFUL_PODS, namespace)
+    pods = lab.dataplane.create_stateful_set(STATEFUL, STATEFUL_PODS, namespace)
     try:
         for pod, ip in sorted(pods.items()):
-            name = f"{pod}.web.{namespace}.svc.{domain}"
+            name = f"{pod}.{STATEFUL}.{namespace}.svc.{domain}"
             found = addresses(lookup_until(lab, name, lambda r, ip=ip: addresses(r) == {ip}))
             record.expect(found == {ip}, f"{name}: A {sorted(found)}, not pod {pod}'s {ip}")
-        governing = addresses(lookup(lab, f"web.{namespace}.svc.{domain}"))
+        governing = addresses(lookup(lab, f"{STATEFUL}.{namespace}.svc.{domain}"))
         record.expect(
             governing == set(pods.values()),
-            f"web.{namespace}: A {sorted(governing)}, not the pods' {sorted(pods.values())}",
+            f"{STATEFUL}.{namespace}: A {sorted(governing)}, not the pods' {sorted(pods.values())}",
         )
     finally:
-        lab.dataplane.delete_stateful_set("web", namespace)
+        lab.dataplane.delete_stateful_set(STATEFUL, namespace)
     record.verdict()
 
 
