@@ -14,7 +14,9 @@ the NetworkPolicy scenario's truth tables, computed from the very policies it se
 
 Policies are evaluated for connections between pods (the scenario's clients and the
 Service's pods, reached after the Service's DNAT, as CNIs enforce them); traffic from
-nodes and hosts (which the docs leave to the CNI) is not modelled.
+nodes and hosts (which the docs leave to the CNI) is not modelled, and an `ipBlock` is
+matched against pod IPs too, where the docs advise cluster-external ranges and CNIs
+differ (the scenario's policies use none).
 """
 
 from __future__ import annotations
