@@ -20,7 +20,6 @@ scheduler) is refused with the reason.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from kubelab.dataplanes.base import Dataplane, ProgrammingEvent, Progress
 from kubelab.dataplanes.kubernetes import manifests, node_ops
 from kubelab.dataplanes.kubernetes.access import ApiAccess
+from kubelab.dataplanes.kubernetes.api_objects import epoch, is_ready, pod_info, service_from_api
 from kubelab.dataplanes.kubernetes.cluster_plan import plan_cluster
 from kubelab.dataplanes.kubernetes.endpoint_waits import Wanted, wait_for_endpoints
 from kubelab.dataplanes.kubernetes.options import KubernetesOptions
@@ -40,7 +40,7 @@ from kubelab.dataplanes.kubernetes.proxy_metrics import (
 )
 from kubelab.errors import LabError
 from kubelab.hosts import Runner
-from kubelab.model import Endpoint, Service, ServicePort, ServiceState
+from kubelab.model import Endpoint, Service, ServiceState
 from kubelab.naming import state_dir
 from kubelab.parallel import for_each
 from kubelab.rules.expected import endpoints_from_slices
@@ -175,7 +175,7 @@ class KubernetesDataplane(Dataplane):
         deadline = time.monotonic() + NODES_TIMEOUT_S
         want = {n.name for n in self.nodes}
         while True:
-            ready = {n["metadata"]["name"] for n in self.api.nodes() if _ready(n)}
+            ready = {n["metadata"]["name"] for n in self.api.nodes() if is_ready(n)}
             if want <= ready:
                 return
             if time.monotonic() > deadline:
@@ -405,7 +405,7 @@ class KubernetesDataplane(Dataplane):
             pods = {
                 pod["metadata"]["name"]: pod["status"]["podIP"]
                 for pod in self.api.pods(namespace, name)
-                if _ready(pod) and (pod.get("status") or {}).get("podIP")
+                if is_ready(pod) and (pod.get("status") or {}).get("podIP")
             }
             if len(pods) == replicas:
                 return pods
@@ -524,7 +524,7 @@ class KubernetesDataplane(Dataplane):
             )
             out[node.name] = {
                 "running": health is not None,
-                "last_sync": _epoch(health.get("lastUpdated")) if health else None,
+                "last_sync": epoch(health.get("lastUpdated")) if health else None,
                 "changes_since": 0,
             }
         return out
@@ -559,7 +559,7 @@ class KubernetesDataplane(Dataplane):
                     "ip": str(info.ip) if info else "", "port": spec.port,
                     "udp_port": spec.udp_port, "netns": "",
                     "phase": (pod.get("status") or {}).get("phase", "?"),
-                    "ready": _ready(pod),
+                    "ready": is_ready(pod),
                 })  # fmt: skip
         return {
             "pods": pods,
@@ -585,70 +585,3 @@ class KubernetesDataplane(Dataplane):
             node_ops.clear_conntrack(self.substrate.runner(n.name), port, every_state)
             for n in self.nodes
         )
-
-
-def service_from_api(spec: ServiceSpec, obj: dict[str, Any]) -> Service:
-    """The Service as kubelab's model holds it: the spec kubelab sent, with what the API
-    server allocated (cluster IP, node ports, health-check port, LoadBalancer IPs)."""
-    api_spec = obj.get("spec") or {}
-    allocated = {(p.get("name") or None, p["port"]): p for p in api_spec.get("ports") or []}
-    ports = tuple(
-        ServicePort(p.name, p.protocol, p.port, p.target_port,
-                    allocated.get((p.name, p.port), {}).get("nodePort", p.node_port))
-        for p in spec.ports
-    )  # fmt: skip
-    cluster_ip = api_spec.get("clusterIP")
-    ingress = (obj.get("status") or {}).get("loadBalancer", {}).get("ingress") or []
-    return Service(
-        namespace=spec.namespace,
-        name=spec.name,
-        type=spec.type,
-        cluster_ip=None if cluster_ip in (None, "", "None") else ipaddress.IPv4Address(cluster_ip),
-        ports=ports,
-        workload=spec.workload,
-        external_traffic_policy=spec.external_traffic_policy,
-        internal_traffic_policy=spec.internal_traffic_policy,
-        session_affinity=spec.session_affinity,
-        session_affinity_timeout_s=spec.session_affinity_timeout_s,
-        health_check_node_port=api_spec.get("healthCheckNodePort"),
-        external_ips=tuple(spec.external_ips),
-        load_balancer_ips=tuple(ipaddress.IPv4Address(i["ip"]) for i in ingress if i.get("ip")),
-        load_balancer_source_ranges=tuple(spec.load_balancer_source_ranges),
-    )
-
-
-def pod_info(pod: dict[str, Any], spec: WorkloadSpec) -> PodInfo | None:
-    """A running pod with an address, as scenarios see pods; None for any other."""
-    status = pod.get("status") or {}
-    meta = pod.get("metadata") or {}
-    if status.get("phase") != "Running" or not status.get("podIP") or meta.get("deletionTimestamp"):
-        return None
-    return PodInfo(
-        name=meta["name"], workload=spec.name, node=(pod.get("spec") or {}).get("nodeName", ""),
-        ip=ipaddress.IPv4Address(status["podIP"]), port=spec.port, netns="",
-        udp_port=spec.udp_port,
-    )  # fmt: skip
-
-
-def _ready(obj: dict[str, Any]) -> bool:
-    """A Pod's or Node's Ready condition is True."""
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
-def _epoch(text: object) -> float | None:
-    """kube-proxy's healthz time (RFC 3339, nanoseconds and a zone) as epoch seconds."""
-    if not isinstance(text, str):
-        return None
-    from datetime import datetime
-
-    trimmed = text.replace("Z", "+00:00")
-    if "." in trimmed:  # Python reads at most microseconds
-        head, _, rest = trimmed.partition(".")
-        digits = "".join(c for c in rest if c.isdigit())
-        zone = rest[len(digits) :]
-        trimmed = f"{head}.{digits[:6]}{zone}"
-    try:
-        return datetime.fromisoformat(trimmed).timestamp()
-    except ValueError:
-        return None

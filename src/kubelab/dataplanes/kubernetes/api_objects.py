@@ -1,0 +1,79 @@
+"""What the kubernetes dataplane reads back from the API server's objects (the shapes of
+`kubectl get -o json`) into kubelab's model: a Service with what the API server allocated,
+a running pod, a Ready condition, and kube-proxy's healthz timestamps."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from kubelab.model import Service, ServicePort
+from kubelab.spec_common import ServiceSpec, WorkloadSpec
+from kubelab.topology import PodInfo
+
+
+def service_from_api(spec: ServiceSpec, obj: dict[str, Any]) -> Service:
+    """The Service as kubelab's model holds it: the spec kubelab sent, with what the API
+    server allocated (cluster IP, node ports, health-check port, LoadBalancer IPs)."""
+    api_spec = obj.get("spec") or {}
+    allocated = {(p.get("name") or None, p["port"]): p for p in api_spec.get("ports") or []}
+    ports = tuple(
+        ServicePort(p.name, p.protocol, p.port, p.target_port,
+                    allocated.get((p.name, p.port), {}).get("nodePort", p.node_port))
+        for p in spec.ports
+    )  # fmt: skip
+    cluster_ip = api_spec.get("clusterIP")
+    ingress = (obj.get("status") or {}).get("loadBalancer", {}).get("ingress") or []
+    return Service(
+        namespace=spec.namespace,
+        name=spec.name,
+        type=spec.type,
+        cluster_ip=None if cluster_ip in (None, "", "None") else ipaddress.IPv4Address(cluster_ip),
+        ports=ports,
+        workload=spec.workload,
+        external_traffic_policy=spec.external_traffic_policy,
+        internal_traffic_policy=spec.internal_traffic_policy,
+        session_affinity=spec.session_affinity,
+        session_affinity_timeout_s=spec.session_affinity_timeout_s,
+        health_check_node_port=api_spec.get("healthCheckNodePort"),
+        external_ips=tuple(spec.external_ips),
+        load_balancer_ips=tuple(ipaddress.IPv4Address(i["ip"]) for i in ingress if i.get("ip")),
+        load_balancer_source_ranges=tuple(spec.load_balancer_source_ranges),
+    )
+
+
+def pod_info(pod: dict[str, Any], spec: WorkloadSpec) -> PodInfo | None:
+    """A running pod with an address, as scenarios see pods; None for any other."""
+    status = pod.get("status") or {}
+    meta = pod.get("metadata") or {}
+    if status.get("phase") != "Running" or not status.get("podIP") or meta.get("deletionTimestamp"):
+        return None
+    return PodInfo(
+        name=meta["name"], workload=spec.name, node=(pod.get("spec") or {}).get("nodeName", ""),
+        ip=ipaddress.IPv4Address(status["podIP"]), port=spec.port, netns="",
+        udp_port=spec.udp_port,
+    )  # fmt: skip
+
+
+def is_ready(obj: dict[str, Any]) -> bool:
+    """A Pod's or Node's Ready condition is True."""
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def epoch(text: object) -> float | None:
+    """kube-proxy's healthz time (RFC 3339, nanoseconds and a zone) as epoch seconds."""
+    if not isinstance(text, str):
+        return None
+    from datetime import datetime
+
+    trimmed = text.replace("Z", "+00:00")
+    if "." in trimmed:  # Python reads at most microseconds
+        head, _, rest = trimmed.partition(".")
+        digits = "".join(c for c in rest if c.isdigit())
+        zone = rest[len(digits) :]
+        trimmed = f"{head}.{digits[:6]}{zone}"
+    try:
+        return datetime.fromisoformat(trimmed).timestamp()
+    except ValueError:
+        return None
