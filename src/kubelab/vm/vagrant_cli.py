@@ -65,8 +65,12 @@ class Vagrant:
         self, netns: str, state_dir: Path, lab_json: Path, libvirt_uri: str, log_dir: Path
     ) -> None:
         self.netns = netns
+        # Vagrant's own temporary files (the keys and scripts it uploads) in the lab's state
+        # folder, which `down` removes: a Vagrant killed mid-step leaves them behind
+        self.tmp = state_dir / "tmp"
         self.env = {
             **os.environ,
+            "TMPDIR": str(self.tmp),
             "VAGRANT_CWD": str(project_file("Vagrantfile").parent),
             "VAGRANT_DOTFILE_PATH": str(state_dir / "vagrant"),
             "KUBELAB_LAB_JSON": str(lab_json),
@@ -87,6 +91,7 @@ class Vagrant:
         argv = ["ip", "netns", "exec", self.netns, "vagrant", *args]
         lines: list[str] = []
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
         with self.log.open("a") as log:
             log.write(f"$ vagrant {' '.join(args)}\n")
             proc = subprocess.Popen(
