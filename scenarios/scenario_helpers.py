@@ -5,9 +5,12 @@ named conftest would collide."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+from urllib.parse import urlencode
 
 from kubelab.lab import Lab
+from kubelab.topology import PodInfo
 from kubelab.traffic import inline
 
 SERVICE = "default/echo"  # the default lab's Service: workload echo, NodePort 30080
@@ -47,3 +50,16 @@ def answers(results: list[dict]) -> list[str]:
 
 def failures(results: list[dict]) -> list[str]:
     return [r["error"] for r in results if not r["ok"]]
+
+
+def ask_netexec(lab: Lab, pod: PodInfo, path: str, timeout: float = 60, **query: Any) -> dict:
+    """GET agnhost netexec's PATH?QUERY on a pod (`/dial`, `/shell`), from the pod's node:
+    its JSON answer. A request that gets no answer fails the case."""
+    url = f"http://{pod.ip}:{pod.port}{path}?{urlencode(query)}"
+    (result,) = get_from(lab, pod.node, url, timeout=timeout)
+    if not result["ok"]:
+        raise AssertionError(f"{path} on pod {pod.name}: {result['error']}")
+    doc = json.loads(result["body"])
+    if not isinstance(doc, dict):
+        raise AssertionError(f"{path} on pod {pod.name} answered {doc!r}, not a JSON object")
+    return doc

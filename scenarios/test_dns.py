@@ -19,10 +19,8 @@ bounded.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 
@@ -30,7 +28,7 @@ from kubelab.checks import audit_nodes
 from kubelab.lab import Lab
 from kubelab.pytest_plugin import CaseRecord, Resources
 from kubelab.traffic import dns
-from scenario_helpers import SERVICE, answers, get_from
+from scenario_helpers import SERVICE, ask_netexec
 
 pytestmark = pytest.mark.kubelab_requires(
     dataplane="kubernetes", reason="DNS needs CoreDNS; the reference dataplane runs none"
@@ -42,15 +40,8 @@ STATEFUL, STATEFUL_PODS = "dns-sts", 2  # a StatefulSet and its governing Servic
 
 
 def in_pod(lab: Lab, path: str, **query: Any) -> dict[str, Any]:
-    """GET netexec's PATH?QUERY on a pod of workload echo, from its node: the JSON answer."""
-    pod = lab.running_pods("echo")[0]
-    url = f"http://{pod.ip}:{pod.port}{path}?{urlencode(query)}"
-    (result,) = get_from(lab, pod.node, url, timeout=30)
-    if not result["ok"]:
-        raise AssertionError(f"{path} in pod {pod.name}: {result['error']}")
-    doc = json.loads(answers([result])[0])
-    assert isinstance(doc, dict), doc
-    return doc
+    """netexec's PATH?QUERY on a pod of workload echo: the JSON answer."""
+    return ask_netexec(lab, lab.running_pods("echo")[0], path, timeout=30, **query)
 
 
 def lookup(lab: Lab, name: str, rtype: str = "A") -> list[dns.Record]:

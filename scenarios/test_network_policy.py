@@ -16,11 +16,9 @@ policy gone, checks that lifting them lets everyone through again.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 
@@ -30,7 +28,7 @@ from kubelab.network_policy import NAMESPACE_NAME, Peer, allows
 from kubelab.parallel import for_each
 from kubelab.pytest_plugin import CaseRecord
 from kubelab.topology import PodInfo
-from scenario_helpers import SERVICE, answers, get_from
+from scenario_helpers import SERVICE, ask_netexec
 
 pytestmark = pytest.mark.kubelab_requires(
     dataplane="kubernetes",
@@ -85,12 +83,9 @@ def dial(lab: Lab, client: PodInfo) -> bool | None:
     """True: every dial answered; False: none; None: some. Counted by the errors netexec
     lists: it lists the responses only when its last try answered."""
     host, port = lab.clusterip_target(SERVICE)
-    query = urlencode({"request": "hostname", "protocol": "http", "host": host, "port": port,
-                       "tries": TRIES})  # fmt: skip
-    url = f"http://{client.ip}:{client.port}/dial?{query}"
-    (result,) = get_from(lab, client.node, url, timeout=60)
-    failed = len(json.loads(answers([result])[0]).get("errors") or []) if result["ok"] else TRIES
-    answered = TRIES - failed
+    doc = ask_netexec(lab, client, "/dial", request="hostname", protocol="http", host=host,
+                      port=port, tries=TRIES)  # fmt: skip
+    answered = TRIES - len(doc.get("errors") or [])
     return True if answered == TRIES else False if answered == 0 else None
 
 

@@ -237,10 +237,7 @@ def service_from_spec(
         cluster_ip = spec.cluster_ip
     else:
         cluster_ip = lab.network.service_cidr.network_address + 10 + index
-    health = spec.health_check_node_port
-    if health is None and spec.type == "LoadBalancer" and spec.external_traffic_policy == "Local":
-        health = allocate_node_port(taken)  # as the API server does (Service.needs_health_check)
-    return Service(
+    return with_health_check_port(Service(
         namespace=spec.namespace,
         name=spec.name,
         type=spec.type,
@@ -253,11 +250,23 @@ def service_from_spec(
         internal_traffic_policy=spec.internal_traffic_policy,
         session_affinity=spec.session_affinity,
         session_affinity_timeout_s=spec.session_affinity_timeout_s,
-        health_check_node_port=health,
+        health_check_node_port=spec.health_check_node_port,
         external_ips=tuple(spec.external_ips),
         load_balancer_ips=load_balancer_ips,
         load_balancer_source_ranges=tuple(spec.load_balancer_source_ranges),
-    )
+    ), taken)  # fmt: skip
+
+
+def with_health_check_port(svc: Service, taken: set[int]) -> Service:
+    """The Service with a healthCheckNodePort exactly when it needs one, as the API server
+    keeps it: allocated from `taken` when missing, released back into it when no longer
+    needed."""
+    if svc.needs_health_check and svc.health_check_node_port is None:
+        return svc.with_changes(health_check_node_port=allocate_node_port(taken))
+    if not svc.needs_health_check and svc.health_check_node_port is not None:
+        taken.discard(svc.health_check_node_port)
+        return svc.with_changes(health_check_node_port=None)
+    return svc
 
 
 def allocate_node_port(taken: set[int]) -> int:

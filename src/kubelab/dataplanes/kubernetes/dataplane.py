@@ -429,9 +429,7 @@ class KubernetesDataplane(Dataplane):
 
     # --- network policy (real clusters only: the reference dataplane enforces none) ---------
 
-    def create_client(
-        self, name: str, namespace: str, labels: dict[str, str], node: str | None = None
-    ) -> PodInfo:
+    def create_client(self, name: str, namespace: str, labels: dict[str, str]) -> PodInfo:
         """A workload of one agnhost netexec pod in `namespace` (made, labelled with the
         lab, if new), carrying `labels` besides kubelab's: a NetworkPolicy peer that dials
         from where a policy's selectors see it. `delete_workload` removes it."""
@@ -441,7 +439,7 @@ class KubernetesDataplane(Dataplane):
             self.api.apply(manifests.namespace(namespace, self.spec.lab_id))
         self.namespace_of[name] = namespace
         self.pod_labels[name] = dict(labels)
-        self.create_workload(WorkloadSpec(name=name, replicas=1, nodes=[node] if node else None))
+        self.create_workload(WorkloadSpec(name=name, replicas=1))
         (pod,) = self.running_pods(name)
         return pod
 

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from kubelab.errors import LabError
-from kubelab.model import Endpoint, Service, ServiceState, allocate_node_port, service_from_spec
+from kubelab.model import (
+    Endpoint,
+    Service,
+    ServiceState,
+    service_from_spec,
+    with_health_check_port,
+)
 from kubelab.spec_common import ServiceSpec, WorkloadSpec
 from kubelab.topology import PodInfo, Topology
 
@@ -148,12 +154,7 @@ class ClusterState:
 
     def change_service(self, key: str, changes: dict[str, Any]) -> None:
         svc = self.service(key).with_changes(**changes)
-        if svc.needs_health_check and svc.health_check_node_port is None:
-            svc = svc.with_changes(health_check_node_port=allocate_node_port(self.taken_ports))
-        if not svc.needs_health_check and svc.health_check_node_port is not None:
-            self.taken_ports.discard(svc.health_check_node_port)
-            svc = svc.with_changes(health_check_node_port=None)
-        self.services[key] = svc
+        self.services[key] = with_health_check_port(svc, self.taken_ports)
 
     def remove_services(self, keys: list[str]) -> None:
         for key in keys:
