@@ -7,6 +7,9 @@ for a missing object, label selectors on lists and deletecollection, the scale a
 subresources) and records every request: method, path, query, Content-Type and body. It
 runs no controllers: a Deployment makes no pods, a Service no EndpointSlices; a test
 seeds those itself. What it proves is the requests, not what a cluster does with them.
+
+A pod's exec (the websocket upgrade of `.../pods/POD/exec`) runs the command for real on
+this machine, behind `exec_prefix(pod)` (exec_endpoint.py): what a test's "pods" are.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,6 +25,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
+
+import exec_endpoint
 
 # collection path segment -> (apiVersion, kind) of its items
 KINDS = {
@@ -52,6 +57,9 @@ class ApiRecorder:
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # by object path
     requests: list[Request] = field(default_factory=list)
     url: str = ""
+    # how a pod's exec runs here (its namespaces, as an argv prefix), and the protocol
+    exec_prefix: Callable[[dict[str, Any]], list[str]] = lambda pod: []
+    exec_protocol: str = "v5.channel.k8s.io"
 
     def seed(self, collection: str, obj: dict[str, Any]) -> None:
         """Store an object as if a controller had made it (`collection` as in a path:
@@ -112,6 +120,9 @@ def start(recorder: ApiRecorder) -> ThreadingHTTPServer:
 
         def _handle(self) -> None:
             url = urlsplit(self.path)
+            if self.headers.get("Upgrade", "").lower() == "websocket":
+                self._exec(url.path, parse_qs(url.query).get("command", []))
+                return
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
             body = self._body()
             recorder.requests.append(
@@ -148,6 +159,15 @@ def start(recorder: ApiRecorder) -> ThreadingHTTPServer:
                     del recorder.objects[key]
             items = list(members.values())
             self._send(200, {"apiVersion": version, "kind": f"{kind}List", "items": items})
+
+        def _exec(self, path: str, argv: list[str]) -> None:
+            pod = recorder.objects.get(path.removesuffix("/exec"))
+            recorder.requests.append(Request("EXEC", path, {}, None, argv))
+            if not path.endswith("/exec") or pod is None:
+                self._send(404, _status(404, "NotFound", f"{path} not found"))
+                return
+            exec_endpoint.serve(self, argv, recorder.exec_prefix(pod), recorder.exec_protocol)
+            self.close_connection = True
 
         def _object(self, path: str, body: Any) -> None:
             subresource = None

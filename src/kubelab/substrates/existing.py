@@ -1,6 +1,8 @@
-"""The existing substrate: hosts you already have, named by an Ansible inventory.
+"""The existing substrate: hosts you already have, named by an Ansible inventory, or a
+cluster's nodes reached through its API alone.
 
     substrate: {kind: existing, inventory: hosts.ini}   # relative to the spec file
+    substrate: {kind: existing}                         # the kubeconfig's cluster
 
 The inventory (INI or YAML, read with Ansible's own parser) has a group `nodes` (the
 spec's `nodes` may be left out: they are then the group's hosts, by inventory name) and a
@@ -14,6 +16,13 @@ kubelab writes one ssh_config for the hosts (multiplexed connections, a known_ho
 of the lab's own) and reaches them only through it. It creates nothing on a host by itself:
 the dataplane builds what it needs there and undoes it at `down`; this module removes the
 lab's folder and processes on each host, and the partition rules that fail a node.
+
+Without an inventory (a kubernetes dataplane with a kubeconfig; the spec names the
+cluster's `nodes` and the node whose host network plays the external `client`), each of
+those is reached by SSH all the same, through an access pod on it: the ssh_config's
+ProxyCommand runs the node's own `sshd -i` in that pod (dataplanes/kubernetes/
+node_access.py), with keys this lab made. A node's address is its InternalIP; the
+partition then spares the kubelet's port, the way in, instead of SSH's.
 """
 
 from __future__ import annotations
@@ -23,24 +32,41 @@ import shlex
 import shutil
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import model_validator
+
+from kubelab import inetd_sshd
 from kubelab.errors import LabError, SpecError
-from kubelab.hosts import Runner, SshRunner, interface_of, kill_under
+from kubelab.hosts import Runner, SshRunner, interface_of, kill_under, missing_commands
 from kubelab.inventory import Inventory, Member
 from kubelab.naming import STATE_ROOT, member_dir
 from kubelab.spec_common import SubstrateOptions
 from kubelab.substrates.base import Progress, Substrate
+
+if TYPE_CHECKING:
+    from kubelab.dataplanes.kubernetes.node_access import ClusterNode, NodeAccess
 
 NODES_GROUP = "nodes"
 CLIENT_GROUP = "client"
 
 
 class ExistingOptions(SubstrateOptions):
-    """Hosts named by an Ansible inventory (groups `nodes` and `client`)."""
+    """Hosts named by an Ansible inventory (groups `nodes` and `client`), or without one
+    the nodes of the dataplane's kubeconfig, reached through access pods."""
 
     kind: Literal["existing"]
-    inventory: str  # made absolute by `complete`
+    inventory: str | None = None  # made absolute by `complete`
+    python: str | None = None  # the nodes' interpreter, without an inventory (python3)
+
+    @model_validator(mode="after")
+    def _python_only_through_api(self) -> ExistingOptions:
+        if self.python is not None and self.inventory is not None:
+            raise ValueError(
+                "substrate.python: read only without an inventory; set the hosts' "
+                "ansible_python_interpreter there instead"
+            )
+        return self
 
 
 class HostAccess:
@@ -57,6 +83,8 @@ class HostAccess:
         self.options = _ssh_options(str(variables.get("ansible_ssh_common_args", "")), name)
         interface = variables.get("node_interface")  # the node network's, where known
         self.interface = str(interface) if interface else None
+        self.access_port = self.port  # what a partition of the node must still let through
+        self.via: str | None = None  # the access pod, for a host reached through the API
         address = str(variables.get("node_ip", self.host))
         try:
             self.address = ipaddress.IPv4Address(address)
@@ -65,6 +93,26 @@ class HostAccess:
                 f"{source}: host {name}: address {address!r} is not an IPv4 address; set "
                 "ansible_host or a node_ip host variable to the host's address"
             ) from None
+
+    @classmethod
+    def through_pod(
+        cls, node: ClusterNode, proxy_command: str, key: Path, python: str, via: str
+    ) -> HostAccess:
+        """A cluster's node, its sshd reached through its access pod (ProxyCommand)."""
+        variables = {
+            "ansible_host": str(node.address),
+            "ansible_ssh_private_key_file": str(key),
+            "ansible_python_interpreter": python,
+        }
+        host = cls(node.name, variables, "the cluster's Node objects")
+        host.options = [
+            ("ProxyCommand", proxy_command),
+            ("StrictHostKeyChecking", "yes"),  # the host key is the lab's own
+            ("HostKeyAlias", node.name),  # known_hosts names the node, not its address
+        ]
+        host.access_port = node.kubelet_port  # exec streams come in there
+        host.via = via
+        return host
 
     @property
     def become(self) -> bool:
@@ -141,16 +189,42 @@ def read_inventory(path: Path) -> dict[str, list[HostAccess]]:
     return out
 
 
+def _check_through_api(data: dict[str, Any]) -> None:
+    """A spec without an inventory: its nodes are a cluster's, reached through its API."""
+    dataplane = data.get("dataplane")
+    if not (
+        isinstance(dataplane, dict)
+        and dataplane.get("kind") == "kubernetes"
+        and dataplane.get("kubeconfig")
+    ):
+        raise SpecError(
+            "substrate.inventory: required unless the dataplane is kubernetes with a "
+            "kubeconfig (the cluster's nodes are then reached through its API); name an "
+            "Ansible inventory file"
+        )
+    for field in ("nodes", "client"):
+        if field not in data:
+            raise SpecError(
+                f"{field}: without substrate.inventory, name the cluster's nodes the lab "
+                "uses under nodes: and the node that plays the external client under "
+                "client: (`kubectl get nodes` lists them)"
+            )
+
+
 class ExistingSubstrate(Substrate):
     kind = "existing"
     Options = ExistingOptions
 
     @classmethod
     def complete(cls, data: dict[str, Any], base_dir: Path, source: str) -> dict[str, Any]:
-        """Make the inventory path absolute and take nodes and client from it if unset."""
+        """Make the inventory path absolute and take nodes and client from it if unset;
+        without an inventory, the spec must say which of the cluster's nodes to use."""
         substrate = dict(data["substrate"])
+        if substrate.get("inventory") is None:
+            _check_through_api(data)
+            return data
         if not isinstance(substrate.get("inventory"), str):
-            return data  # validation names the missing field
+            return data  # validation names the wrong field
         path = (base_dir / substrate["inventory"]).resolve()
         substrate["inventory"] = str(path)
         groups = read_inventory(path)
@@ -164,8 +238,54 @@ class ExistingSubstrate(Substrate):
         assert isinstance(self.spec.substrate, ExistingOptions)
         return self.spec.substrate
 
+    @property
+    def through_api(self) -> bool:
+        return self.options.inventory is None
+
+    @cached_property
+    def node_access(self) -> NodeAccess:
+        from kubelab.dataplanes.kubernetes.node_access import NodeAccess
+
+        dataplane = self.spec.dataplane
+        kubeconfig = getattr(dataplane, "kubeconfig", None)
+        assert kubeconfig is not None  # complete() lets no other spec through
+        return NodeAccess(kubeconfig, getattr(dataplane, "context", None), self.spec.lab_id)
+
+    @property
+    def _members(self) -> list[tuple[str, str]]:
+        return [
+            *((f"nodes[{i}].name", n.name) for i, n in enumerate(self.spec.nodes)),
+            ("client.name", self.spec.client.name),
+        ]
+
     @cached_property
     def hosts(self) -> dict[str, HostAccess]:
+        return self._cluster_hosts() if self.through_api else self._inventory_hosts()
+
+    def _cluster_hosts(self) -> dict[str, HostAccess]:
+        from kubelab.dataplanes.kubernetes import node_access
+
+        found = self.node_access.nodes()
+        where = node_access.folder(self.spec.lab_id)
+        sshd = ["sh", "-c", 'mkdir -p /run/sshd && exec "$@"', "sh",
+                *inetd_sshd.sshd_command(f"{where}/sshd_config")]  # fmt: skip
+        out = {}
+        for path, name in self._members:
+            if name not in found:
+                raise SpecError(
+                    f"{path}: {name!r} is not a node of the cluster in "
+                    f"{self.node_access.kubeconfig}; use one of {sorted(found)}"
+                )
+            pod = f"{self.node_access.namespace}/{node_access.pod_name(name)}"
+            out[name] = HostAccess.through_pod(
+                found[name], self.node_access.proxy_command(name, sshd),
+                self.state_dir / inetd_sshd.CLIENT_KEY, self.options.python or "python3",
+                f"pod {pod}",
+            )  # fmt: skip
+        return out
+
+    def _inventory_hosts(self) -> dict[str, HostAccess]:
+        assert self.options.inventory is not None
         groups = read_inventory(Path(self.options.inventory))
         by_name = {h.name: h for h in groups[NODES_GROUP]}
         wanted = [n.name for n in self.spec.nodes]
@@ -212,6 +332,8 @@ class ExistingSubstrate(Substrate):
 
     def location(self, member: str) -> str:
         host = self.hosts[member]
+        if host.via:
+            return f"ssh over exec into {host.via}"
         return f"ssh {host.user}@{host.host}:{host.port}"
 
     def node_interface(self) -> str | None:
@@ -220,6 +342,22 @@ class ExistingSubstrate(Substrate):
         return names.pop() if len(names) == 1 else None
 
     def plan(self) -> dict[str, Any]:
+        if self.through_api:  # what the cluster holds is read at `up`, not here
+            from kubelab.dataplanes.kubernetes.node_access import pod_name
+
+            namespace = self.node_access.namespace
+            access = "exec into pod {}/{}, then ssh to the node's own sshd -i"
+            return {
+                "kind": self.kind,
+                "cluster": self.node_access.kubeconfig,
+                "hosts": {
+                    name: {"access": access.format(namespace, pod_name(name))}
+                    for _, name in self._members
+                },
+                "creates": f"namespace {namespace}: one privileged hostNetwork access pod "
+                "per node, removed at down; the lab's folder on each node; the dataplane's "
+                "objects",
+            }
         return {
             "kind": self.kind,
             "inventory": self.options.inventory,
@@ -238,6 +376,9 @@ class ExistingSubstrate(Substrate):
         when it fails)."""
         if shutil.which("ssh") is None:
             return ["ssh is missing here; install the Debian package openssh-client"]
+        if self.through_api:
+            self.hosts  # noqa: B018 - every node named is in the cluster (SpecError if not)
+            return []  # the nodes are reached once `up` has made their access pods
         lines = []
         for name in self.hosts:
             result = self.runner(name).run(["id", "-u"], check=False, timeout=30)
@@ -254,13 +395,42 @@ class ExistingSubstrate(Substrate):
     def run_playbook(self, name: str, extravars: dict[str, Any]) -> None:
         from kubelab.vm.ansible_play import run_playbook  # ansible-runner: heavy, rarely used
 
+        if self.options.inventory is None:
+            super().run_playbook(name, extravars)  # refuses: no inventory to play on
+            return
         artifacts = self.state_dir / "ansible" / Path(name).stem
         run_playbook(name, Path(self.options.inventory), artifacts, extravars=extravars)
 
     def up(self, progress: Progress) -> None:
+        if self.through_api:
+            progress("access pods on the cluster's nodes")
+            self._open_node_access()
         self._write_access()
         for name in self.hosts:
             self.runner(name).run(["mkdir", "-p", member_dir(self.spec.lab_id, name)])
+
+    def _open_node_access(self) -> None:
+        """Keys of the lab's own, an access pod per member, and on each node the sshd
+        files under node_access.folder, once the node is known to run python and sshd."""
+        from kubelab.dataplanes.kubernetes.node_access import folder, install_sshd
+
+        d = self.state_dir
+        inetd_sshd.make_keys(d, f"kubelab-{self.spec.lab_id}")
+        (d / "known_hosts").write_text(inetd_sshd.known_hosts(d, list(self.hosts)))
+        self.node_access.open(list(self.hosts))
+        where = folder(self.spec.lab_id)
+        host_key = (d / inetd_sshd.HOST_KEY).read_text()
+        client_key = (d / f"{inetd_sshd.CLIENT_KEY}.pub").read_text()
+        for name, host in self.hosts.items():
+            runner = self.node_access.runner(name, host.python)
+            missing = missing_commands(runner, [host.python, inetd_sshd.SSHD])
+            if missing:
+                raise LabError(
+                    f"node {name}: {', '.join(missing)} missing on the node; install python3 "
+                    "and openssh-server there (kubelab starts `sshd -i` per connection: no "
+                    "sshd need run), or give substrate.inventory"
+                )
+            install_sshd(runner, host_key, client_key, inetd_sshd.sshd_config(where), where)
 
     def down(self) -> None:
         """On each host: the partition rules, the lab's processes and folder. Here: the
@@ -270,13 +440,27 @@ class ExistingSubstrate(Substrate):
             f'nft delete table inet {self._partition_table}; rm -rf "$1"; '
             'rmdir "$2/members" "$2"'  # empty only when no other host shares them
         )
-        for name in self.hosts:
+        reachable = not self.through_api or self.node_access.running()
+        for name in self.hosts if reachable else ():
             runner = self.runner(name)
             folder = member_dir(self.spec.lab_id, name)
             kill_under(runner, folder)
             runner.run(["sh", "-c", remove, "sh", folder, lab_root], check=False)
         self._close_connections()
+        if self.through_api:
+            self._close_node_access(reachable, lab_root)
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def _close_node_access(self, reachable: bool, lab_root: str) -> None:
+        """The sshd files on each node, then the access pods (their namespace)."""
+        from kubelab.dataplanes.kubernetes.node_access import folder
+
+        script = 'rm -rf "$1"; rmdir "$2/members" "$2" 2>/dev/null; true'
+        for name in self.hosts if reachable else ():
+            self.node_access.runner(name).run(
+                ["sh", "-c", script, "sh", folder(self.spec.lab_id), lab_root], check=False
+            )
+        self.node_access.close()
 
     def _close_connections(self) -> None:
         from kubelab import netns_util  # the SSH control masters run on this machine
@@ -299,7 +483,7 @@ class ExistingSubstrate(Substrate):
             runner.run(["nft", "delete", "table", "inet", self._partition_table], check=False)
             return
         iface = interface_of(runner, str(self.hosts[node].address))
-        ssh = self.hosts[node].port
+        ssh = self.hosts[node].access_port  # our way in: SSH, or the kubelet's exec
         table = self._partition_table
         runner.run(
             ["nft", "-f", "-"],

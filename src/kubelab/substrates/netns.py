@@ -19,8 +19,8 @@ nodes and against VMs, and no address is opened on the host.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
-import subprocess
 import sys
 from functools import cached_property
 from pathlib import Path
@@ -28,9 +28,10 @@ from typing import Any, Literal
 
 from pyroute2 import IPRoute
 
-from kubelab import netns_util
+from kubelab import inetd_sshd, netns_util
 from kubelab.errors import LabError
 from kubelab.hosts import LocalRunner, NetnsRunner, Runner
+from kubelab.inetd_sshd import SSHD
 from kubelab.inventory import Inventory
 from kubelab.naming import lab_netns, lab_prefix
 from kubelab.spec_common import SubstrateOptions
@@ -38,7 +39,6 @@ from kubelab.substrates.base import Progress, Substrate, planned_inventory
 
 FABRIC = "fabric"  # the member holding the node network's bridge
 FABRIC_BRIDGE = "br0"
-SSHD = "/usr/sbin/sshd"
 TOOLS = ("ip", "ssh", "ssh-keygen")
 
 
@@ -172,34 +172,22 @@ class NetnsSubstrate(Substrate):
 
     def _write_ssh_access(self) -> None:
         if not Path(SSHD).exists():
-            raise LabError(f"{SSHD} is missing; install the openssh-server package")
+            raise LabError(f"{SSHD} is missing; install the Debian package openssh-server")
         d = self.state_dir
-        for key in ("ssh_host_ed25519_key", "id_ed25519"):
-            comment = f"kubelab-{self.spec.lab_id}"
-            subprocess.run(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(d / key)],
-                check=True,
-            )
-        shutil.copy(d / "id_ed25519.pub", d / "authorized_keys")
-        (d / "sshd_config").write_text(
-            f"HostKey {d}/ssh_host_ed25519_key\n"
-            f"AuthorizedKeysFile {d}/authorized_keys\n"
-            "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-            "UsePAM no\nStrictModes no\nPidFile none\nLogLevel ERROR\n"
-        )
-        host_key = (d / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+        inetd_sshd.make_keys(d, f"kubelab-{self.spec.lab_id}")
+        shutil.copy(d / f"{inetd_sshd.CLIENT_KEY}.pub", d / "authorized_keys")
+        (d / "sshd_config").write_text(inetd_sshd.sshd_config(str(d)))
         members = [(m.name, self.netns(m.name)) for m in self._inventory.members()]
-        (d / "known_hosts").write_text(
-            "".join(f"{name} {' '.join(host_key)}\n" for name, _ in members)
-        )
+        (d / "known_hosts").write_text(inetd_sshd.known_hosts(d, [name for name, _ in members]))
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+        sshd = shlex.join(inetd_sshd.sshd_command(f"{d}/sshd_config"))
         entries = [
             f"Host {name}\n"
-            f"  User root\n  IdentityFile {d}/id_ed25519\n  IdentitiesOnly yes\n"
+            f"  User root\n  IdentityFile {d}/{inetd_sshd.CLIENT_KEY}\n  IdentitiesOnly yes\n"
             f"  UserKnownHostsFile {d}/known_hosts\n  StrictHostKeyChecking yes\n"
             f"  BatchMode yes\n  LogLevel ERROR\n"
             f"  ControlPath {d}/cm-%h\n"
-            f"  ProxyCommand nsenter --net=/run/netns/{ns} {SSHD} -i -f {d}/sshd_config\n"
+            f"  ProxyCommand nsenter --net=/run/netns/{ns} {sshd}\n"
             for name, ns in members
         ]
         self.ssh_config.write_text("\n".join(entries))

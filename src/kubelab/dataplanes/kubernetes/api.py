@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from kubelab.dataplanes.kubernetes.manifests import LAB_LABEL, READINESS_GATE, WORKLOAD_LABEL
 from kubelab.errors import LabError
@@ -32,6 +33,7 @@ CONFLICT, NOT_FOUND = 409, 404
 SYSTEM, KUBE_PROXY, KUBE_PROXY_CONF = "kube-system", "kube-proxy", "config.conf"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"  # what `kubectl rollout restart` sets
 RAW: dict[str, Any] = {"_preload_content": False}
+API_ERRORS = (ApiException, HTTPError)  # an answer that is an error; no answer at all
 PATCH: dict[str, Any] = {"_content_type": STRATEGIC_MERGE, **RAW}
 
 
@@ -65,12 +67,12 @@ class ClusterApi:
         create, patch = self._writers(kind)
         try:
             create(obj)
-        except ApiException as exc:
-            if exc.status != CONFLICT:
+        except API_ERRORS as exc:
+            if getattr(exc, "status", None) != CONFLICT:
                 raise _error(f"create {kind} {meta['name']}", exc) from None
             try:
                 patch(meta["name"], obj)
-            except ApiException as again:
+            except API_ERRORS as again:
                 raise _error(f"update {kind} {meta['name']}", again) from None
 
     def _writers(
@@ -83,6 +85,11 @@ class ClusterApi:
             return (
                 lambda o: self.core.create_namespace(o, **RAW),
                 lambda n, o: self.core.patch_namespace(n, o, **PATCH),
+            )
+        if kind == "Pod":
+            return (
+                lambda o: self.core.create_namespaced_pod(ns(o), o, **RAW),
+                lambda n, o: self.core.patch_namespaced_pod(n, ns(o), o, **PATCH),
             )
         if kind == "Service":
             return (
@@ -110,7 +117,7 @@ class ClusterApi:
         """Merge `spec` into the Service's spec (traffic policies, affinity, type)."""
         try:
             self.core.patch_namespaced_service(name, namespace, {"spec": spec}, **PATCH)
-        except ApiException as exc:
+        except API_ERRORS as exc:
             raise _error(f"change Service {namespace}/{name}", exc) from None
 
     def delete_service(self, namespace: str, name: str) -> None:
@@ -141,7 +148,7 @@ class ClusterApi:
             self.apps.patch_namespaced_deployment_scale(
                 deployment, namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE, **RAW
             )
-        except ApiException as exc:
+        except API_ERRORS as exc:
             raise _error(f"scale Deployment {namespace}/{deployment}", exc) from None
 
     def delete_pod(self, namespace: str, name: str, grace_s: int) -> None:
@@ -162,7 +169,7 @@ class ClusterApi:
                 name, namespace, {"status": {"conditions": [condition]}},
                 **PATCH,
             )  # fmt: skip
-        except ApiException as exc:
+        except API_ERRORS as exc:
             raise _error(f"set the readiness of pod {namespace}/{name}", exc) from None
 
     def admit_pods(self, namespace: str, workload: str) -> list[str]:
@@ -193,7 +200,7 @@ class ClusterApi:
             self.apps.patch_namespaced_daemon_set(
                 KUBE_PROXY, SYSTEM, {"spec": {"template": template}}, **PATCH
             )
-        except ApiException as exc:
+        except API_ERRORS as exc:
             raise _error(f"restart kube-proxy with scheduler {scheduler}", exc) from None
         except (KeyError, ValueError, AttributeError) as exc:
             raise LabError(
@@ -207,7 +214,7 @@ class ClusterApi:
             daemon_set = _json(
                 lambda: self.apps.read_namespaced_daemon_set(KUBE_PROXY, SYSTEM, **RAW)
             )
-        except ApiException as exc:
+        except API_ERRORS as exc:
             raise _error("read the kube-proxy DaemonSet", exc) from None
         status = daemon_set.get("status") or {}
         want = status.get("desiredNumberScheduled", -1)
@@ -244,15 +251,21 @@ class ClusterApi:
                         propagation_policy="Foreground", **RAW,
                     )
                 )  # fmt: skip
-        labelled = partial(self.core.list_namespace, label_selector=self.selector, **RAW)
-        for item in self._read(labelled):
-            self._delete(partial(self.core.delete_namespace, item["metadata"]["name"], **RAW))
+        for item in self.namespaces(self.selector):
+            self.delete_namespace(item["metadata"]["name"])
+
+    def namespaces(self, selector: str) -> list[dict[str, Any]]:
+        return self._read(partial(self.core.list_namespace, label_selector=selector, **RAW))
+
+    def delete_namespace(self, name: str) -> None:
+        """Its objects go with it; the namespace itself only once they have."""
+        self._delete(partial(self.core.delete_namespace, name, **RAW))
 
     def _delete(self, call: Callable[[], Any]) -> None:
         try:
             call()
-        except ApiException as exc:
-            if exc.status != NOT_FOUND:
+        except API_ERRORS as exc:
+            if getattr(exc, "status", None) != NOT_FOUND:
                 raise _error("delete", exc) from None
 
     # --- read -------------------------------------------------------------------------------
@@ -266,8 +279,12 @@ class ClusterApi:
             )
         )
 
-    def pods(self, namespace: str, workload: str | None = None) -> list[dict[str, Any]]:
-        selector = self.selector + (f",{WORKLOAD_LABEL}={workload}" if workload else "")
+    def pods(
+        self, namespace: str, workload: str | None = None, selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The lab's pods (of one workload), or those `selector` picks."""
+        if selector is None:
+            selector = self.selector + (f",{WORKLOAD_LABEL}={workload}" if workload else "")
         return self._read(
             lambda: self.core.list_namespaced_pod(namespace, label_selector=selector, **RAW)
         )
@@ -285,7 +302,7 @@ class ClusterApi:
     def _read(self, call: Callable[[], Any]) -> list[dict[str, Any]]:
         try:
             items = _json(call).get("items") or []
-        except ApiException as exc:
+        except API_ERRORS as exc:
             raise _error("list", exc) from None
         return [i for i in items if isinstance(i, dict)]
 
@@ -298,8 +315,11 @@ def _json(call: Callable[[], Any]) -> dict[str, Any]:
     return doc
 
 
-def _error(doing: str, exc: ApiException) -> LabError:
+def _error(doing: str, exc: ApiException | HTTPError) -> LabError:
     """One line: what was being done and the API server's own message."""
+    if not isinstance(exc, ApiException):  # nothing answered (refused, timed out, TLS)
+        reason = getattr(exc, "reason", None) or exc
+        return LabError(f"Kubernetes API: {doing}: the API server did not answer ({reason})")
     message = exc.reason or ""
     with contextlib.suppress(ValueError, AttributeError):  # a body that is no Status
         message = json.loads(exc.body or "{}").get("message") or message
