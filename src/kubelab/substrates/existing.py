@@ -266,9 +266,8 @@ class ExistingSubstrate(Substrate):
         from kubelab.dataplanes.kubernetes import node_access
 
         found = self.node_access.nodes()
-        where = node_access.folder(self.spec.lab_id)
         sshd = ["sh", "-c", 'mkdir -p /run/sshd && exec "$@"', "sh",
-                *inetd_sshd.sshd_command(f"{where}/sshd_config")]  # fmt: skip
+                *inetd_sshd.sshd_command(f"{self._access_folder}/sshd_config")]  # fmt: skip
         out = {}
         for path, name in self._members:
             if name not in found:
@@ -412,13 +411,13 @@ class ExistingSubstrate(Substrate):
     def _open_node_access(self) -> None:
         """Keys of the lab's own, an access pod per member, and on each node the sshd
         files under node_access.folder, once the node is known to run python and sshd."""
-        from kubelab.dataplanes.kubernetes.node_access import folder, install_sshd
+        from kubelab.dataplanes.kubernetes.node_access import install_sshd
 
         d = self.state_dir
         inetd_sshd.make_keys(d, f"kubelab-{self.spec.lab_id}")
         (d / "known_hosts").write_text(inetd_sshd.known_hosts(d, list(self.hosts)))
         self.node_access.open(list(self.hosts))
-        where = folder(self.spec.lab_id)
+        where = self._access_folder
         host_key = (d / inetd_sshd.HOST_KEY).read_text()
         client_key = (d / f"{inetd_sshd.CLIENT_KEY}.pub").read_text()
         for name, host in self.hosts.items():
@@ -437,30 +436,27 @@ class ExistingSubstrate(Substrate):
         SSH connections and the state dir. A host that cannot be reached is skipped."""
         lab_root = f"{STATE_ROOT}/{self.spec.lab_id}"
         remove = (
-            f'nft delete table inet {self._partition_table}; rm -rf "$1"; '
-            'rmdir "$2/members" "$2"'  # empty only when no other host shares them
+            f'nft delete table inet {self._partition_table}; root="$1"; shift; rm -rf "$@"; '
+            'rmdir "$root/members" "$root"'  # empty only when no other host shares them
         )
         reachable = not self.through_api or self.node_access.running()
         for name in self.hosts if reachable else ():
             runner = self.runner(name)
             folder = member_dir(self.spec.lab_id, name)
             kill_under(runner, folder)
-            runner.run(["sh", "-c", remove, "sh", folder, lab_root], check=False)
+            # the sshd serving this very session has read its files: they may go with it
+            access = [self._access_folder] if self.through_api else []
+            runner.run(["sh", "-c", remove, "sh", lab_root, folder, *access], check=False)
         self._close_connections()
         if self.through_api:
-            self._close_node_access(reachable, lab_root)
+            self.node_access.close()  # the access pods, last: they were the way in
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
-    def _close_node_access(self, reachable: bool, lab_root: str) -> None:
-        """The sshd files on each node, then the access pods (their namespace)."""
+    @property
+    def _access_folder(self) -> str:
         from kubelab.dataplanes.kubernetes.node_access import folder
 
-        script = 'rm -rf "$1"; rmdir "$2/members" "$2" 2>/dev/null; true'
-        for name in self.hosts if reachable else ():
-            self.node_access.runner(name).run(
-                ["sh", "-c", script, "sh", folder(self.spec.lab_id), lab_root], check=False
-            )
-        self.node_access.close()
+        return folder(self.spec.lab_id)
 
     def _close_connections(self) -> None:
         from kubelab import netns_util  # the SSH control masters run on this machine

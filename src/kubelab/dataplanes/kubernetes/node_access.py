@@ -30,13 +30,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubelab.dataplanes.kubernetes.versions import AGNHOST_IMAGE
 from kubelab.errors import LabError
 from kubelab.hosts import Runner
 from kubelab.inetd_sshd import HOST_KEY
 from kubelab.naming import STATE_ROOT
+
+if TYPE_CHECKING:
+    from kubelab.dataplanes.kubernetes.api import ClusterApi
 
 ACCESS_LABEL = "kubelab.io/node-access"
 ROOTFS = "/rootfs"
@@ -150,7 +153,7 @@ class NodeAccess:
         self.namespace = namespace_name(lab_id)
 
     @cached_property
-    def api(self) -> Any:
+    def api(self) -> ClusterApi:
         from kubelab.dataplanes.kubernetes.api import ClusterApi  # the client: heavy
 
         return ClusterApi.from_kubeconfig(Path(self.kubeconfig), self.lab_id, self.context)
