@@ -157,7 +157,10 @@ def start(recorder: ApiRecorder) -> ThreadingHTTPServer:
             if self.command == "DELETE":  # deletecollection
                 for key in members:
                     del recorder.objects[key]
-            items = list(members.values())
+            # as the API server, whose list items carry no kind or apiVersion of their own
+            # (kubernetes/kubernetes#3030): the list's say what they are
+            items = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")}
+                     for o in members.values()]  # fmt: skip
             self._send(200, {"apiVersion": version, "kind": f"{kind}List", "items": items})
 
         def _exec(self, path: str, argv: list[str]) -> None:

@@ -18,6 +18,7 @@ from kubelab.dataplanes.kubernetes import manifests
 from kubelab.dataplanes.kubernetes.api import MERGE, STRATEGIC_MERGE, ClusterApi
 from kubelab.dataplanes.kubernetes.endpoint_waits import Wanted, wait_for_endpoints
 from kubelab.errors import LabError
+from kubelab.rules.expected import expected_table
 from kubelab.spec import load_spec
 from kubelab.spec_common import WorkloadSpec
 
@@ -204,3 +205,38 @@ def test_a_stateful_set_goes_where_the_api_keeps_it_and_down_takes_it(
     assert [r.path for r in recorder.made("POST")] == [f"{CORE}/services", f"{APPS}/statefulsets"]
     api.delete_lab(["default"])
     assert recorder.objects == {}
+
+
+def test_real_objects_read_back_through_the_client_as_kubectl_shows_them(
+    api: ClusterApi, recorder: ApiRecorder
+) -> None:
+    """Objects real API servers wrote (tests/data/kubernetes/SOURCES.md), served as list
+    items without kind or apiVersion the way kube-apiserver serves them, each labelled as
+    kubelab labels what it sends: they come back whole, with their kinds, and the auditor
+    reads them."""
+    real = DATA / "kubernetes"
+    lab = {manifests.LAB_LABEL: LAB, manifests.WORKLOAD_LABEL: "nginx"}
+    for service in json.loads((real / "services-kind-metallb-2026.json").read_text())["items"]:
+        labelled = copy.deepcopy(service)
+        labelled["metadata"].setdefault("labels", {}).update(lab)
+        namespace = labelled["metadata"]["namespace"]
+        recorder.seed(f"/api/v1/namespaces/{namespace}/services", labelled)
+    slices = json.loads((real / "endpointslices-gke-terminating.json").read_text())["items"]
+    recorder.seed("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices", slices[0])
+    pod = json.loads((real / "pod-gke-2019.json").read_text())
+    pod["metadata"]["labels"].update(lab)
+    recorder.seed(f"{CORE}/pods", pod)
+
+    services = api.services("kubelb")
+    assert [s["kind"] for s in services] == ["Service", "Service"]
+    assert {s["status"]["loadBalancer"]["ingress"][0]["ip"] for s in services} == {
+        "172.18.255.205", "172.18.255.208"
+    }  # fmt: skip
+    (read_slice,) = api.endpoint_slices("default", "nginx-service")
+    assert read_slice == slices[0]  # every field as the API server wrote it
+    (read_pod,) = api.pods("default", "nginx")
+    assert read_pod == pod
+    table = expected_table({"kind": "List", "items": services}, "n1", "iptables")
+    assert {(f.kind, f.vip) for f in table.frontends} >= {
+        ("clusterip", "10.96.234.211"), ("loadbalancer", "172.18.255.205")
+    }  # fmt: skip

@@ -24,6 +24,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from kubelab.dataplanes.kubernetes.api_objects import typed_items
 from kubelab.dataplanes.kubernetes.manifests import LAB_LABEL, READINESS_GATE, WORKLOAD_LABEL
 from kubelab.errors import LabError
 
@@ -301,10 +302,9 @@ class ClusterApi:
 
     def _read(self, call: Callable[[], Any]) -> list[dict[str, Any]]:
         try:
-            items = _json(call).get("items") or []
+            return typed_items(_json(call))
         except API_ERRORS as exc:
             raise _error("list", exc) from None
-        return [i for i in items if isinstance(i, dict)]
 
 
 def _json(call: Callable[[], Any]) -> dict[str, Any]:

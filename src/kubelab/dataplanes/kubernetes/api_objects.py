@@ -1,6 +1,7 @@
 """What the kubernetes dataplane reads back from the API server's objects (the shapes of
-`kubectl get -o json`) into kubelab's model: a Service with what the API server allocated,
-a running pod, a Ready condition, and kube-proxy's healthz timestamps."""
+`kubectl get -o json`) into kubelab's model: a list's items with their kinds, a Service with
+what the API server allocated, a running pod, a Ready condition, and kube-proxy's healthz
+timestamps."""
 
 from __future__ import annotations
 
@@ -10,6 +11,15 @@ from typing import Any
 from kubelab.model import Service, ServicePort
 from kubelab.spec_common import ServiceSpec, WorkloadSpec
 from kubelab.topology import PodInfo
+
+
+def typed_items(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """A list's items in the shape of `kubectl get -o json`: the API server leaves `kind`
+    and `apiVersion` out of list items (kubernetes/kubernetes#3030) and kubectl puts them
+    back from the list's own, which readers such as the auditor pick objects by."""
+    kind = str(doc.get("kind") or "").removesuffix("List")
+    typed = {k: v for k, v in (("apiVersion", doc.get("apiVersion")), ("kind", kind)) if v}
+    return [{**typed, **item} for item in doc.get("items") or [] if isinstance(item, dict)]
 
 
 def service_from_api(spec: ServiceSpec, obj: dict[str, Any]) -> Service:
