@@ -137,7 +137,8 @@ class Dataplane(ABC):
     @abstractmethod
     def proxy_health(self) -> dict[str, dict[str, Any]]:
         """Per node: `running`, `last_sync` (epoch seconds or None) and `changes_since`
-        (cluster changes its rules do not carry yet), as kube-proxy's /healthz tells."""
+        (cluster changes its rules do not carry yet), as kube-proxy's /healthz and metrics
+        tell; a dataplane that knows it adds `healthy` (False: /healthz answers 503)."""
 
     def restart_proxy(self, scheduler: str) -> ProgrammingEvent:
         """As kube-proxy restarted with another `--ipvs-scheduler`; a dataplane whose proxy

@@ -276,17 +276,21 @@ def step_proxy(ctx: Context) -> Step:
     if not proxies:
         return step.skip("this dataplane reports no proxy health")
     now = time.time()
-    stopped, behind = [], []
+    stopped, behind, unhealthy = [], [], []
     for node, health in sorted(proxies.items()):
         last = health.get("last_sync")
         ago = f"{now - last:.1f}s ago" if last else "never"
         state = "running" if health.get("running") else "stopped"
+        if health.get("running") and health.get("healthy") is False:
+            state += ", unhealthy (/healthz 503)"
         changes = int(health.get("changes_since") or 0)
         step.evidence.append(f"{node}: {state}, last sync {ago}, {changes} changes since")
         if not health.get("running"):
             stopped.append((node, changes))
         elif changes:
             behind.append(node)
+        elif health.get("healthy") is False:
+            unhealthy.append(node)
     if stopped:
         node, changes = stopped[0]
         return step.fail(
@@ -300,6 +304,13 @@ def step_proxy(ctx: Context) -> Step:
             f"the proxy on {', '.join(behind)} runs but has not synced the latest changes",
             "look at kube-proxy's sync errors in its log and "
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+        )
+    if unhealthy:
+        return step.fail(
+            f"the proxy on {', '.join(unhealthy)} reports itself unhealthy (/healthz 503) "
+            "with no change pending: its node is being deleted or tainted for deletion",
+            "load balancers stop sending to that node; if it should stay, look at the "
+            "node's deletionTimestamp and ToBeDeletedByClusterAutoscaler taint",
         )
     return step
 

@@ -6,6 +6,8 @@ timestamps."""
 from __future__ import annotations
 
 import ipaddress
+import re
+from datetime import datetime
 from typing import Any
 
 from kubelab.model import Service, ServicePort
@@ -71,19 +73,24 @@ def is_ready(obj: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-def epoch(text: object) -> float | None:
-    """kube-proxy's healthz time (RFC 3339, nanoseconds and a zone) as epoch seconds."""
-    if not isinstance(text, str):
-        return None
-    from datetime import datetime
+# Go's time.Time String(), which kube-proxy's /healthz prints (`%q` of a time.Time):
+# "2025-01-18 07:58:53.413049689 +0000 UTC m=+930.365308647"; RFC 3339 reads too.
+TIME_TEXT = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<clock>\d{2}:\d{2}:\d{2})(?:\.(?P<fraction>\d+))?"
+    r" ?(?P<offset>Z|[+-]\d{2}:?\d{2})(?: [A-Za-z]+)?(?: m=[+-][\d.]+)?"
+)
 
-    trimmed = text.replace("Z", "+00:00")
-    if "." in trimmed:  # Python reads at most microseconds
-        head, _, rest = trimmed.partition(".")
-        digits = "".join(c for c in rest if c.isdigit())
-        zone = rest[len(digits) :]
-        trimmed = f"{head}.{digits[:6]}{zone}"
-    try:
-        return datetime.fromisoformat(trimmed).timestamp()
-    except ValueError:
+
+def epoch(text: object) -> float | None:
+    """A time kube-proxy wrote (Go's time.Time String(), or RFC 3339) as epoch seconds;
+    None for anything else. Python keeps microseconds: the rest of the nanoseconds go,
+    and so does Go's monotonic-clock reading (`m=+...`), which no other process can use."""
+    match = TIME_TEXT.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
         return None
+    offset = "+00:00" if match["offset"] == "Z" else match["offset"]
+    if ":" not in offset:
+        offset = f"{offset[:3]}:{offset[3:]}"
+    fraction = (match["fraction"] or "")[:6].ljust(6, "0")
+    stamp = f"{match['date']}T{match['clock']}.{fraction}{offset}"
+    return datetime.fromisoformat(stamp).timestamp()

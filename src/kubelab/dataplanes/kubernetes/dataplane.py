@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from kubelab.dataplanes.base import Dataplane, ProgrammingEvent, Progress
 from kubelab.dataplanes.kubernetes import manifests, node_ops
 from kubelab.dataplanes.kubernetes.access import ApiAccess
-from kubelab.dataplanes.kubernetes.api_objects import epoch, is_ready, pod_info, service_from_api
+from kubelab.dataplanes.kubernetes.api_objects import is_ready, pod_info, service_from_api
 from kubelab.dataplanes.kubernetes.cluster_plan import plan_cluster
 from kubelab.dataplanes.kubernetes.endpoint_waits import Wanted, wait_for_endpoints
 from kubelab.dataplanes.kubernetes.options import KubernetesOptions
@@ -513,6 +513,9 @@ class KubernetesDataplane(Dataplane):
                             published, before)  # fmt: skip
 
     def proxy_health(self) -> dict[str, dict[str, Any]]:
+        """Each node's kube-proxy by its /healthz and its metrics (node_ops.proxy_health);
+        without kube-proxy (Cilium's replacement), none runs."""
+        accounts = self._scrape()
         out: dict[str, dict[str, Any]] = {}
         for node in self.nodes:
             health = (
@@ -520,11 +523,7 @@ class KubernetesDataplane(Dataplane):
                 if self.options.kube_proxy
                 else None
             )
-            out[node.name] = {
-                "running": health is not None,
-                "last_sync": epoch(health.get("lastUpdated")) if health else None,
-                "changes_since": 0,
-            }
+            out[node.name] = node_ops.proxy_health(health, accounts.get(node.name))
         return out
 
     # --- state and inspection -----------------------------------------------------------------

@@ -13,8 +13,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from typing import Any
 
+from kubelab.dataplanes.kubernetes.api_objects import epoch
 from kubelab.dataplanes.kubernetes.kubeadm import METRICS_PORT
+from kubelab.dataplanes.kubernetes.proxy_metrics import ProxyMetrics
 from kubelab.errors import LabError
 from kubelab.hosts import Runner
 
@@ -31,28 +34,66 @@ DUMP_COMMANDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def fetch(runner: Runner, port: int, path: str, timeout: float = 5.0) -> str | None:
-    """GET http://127.0.0.1:PORT/PATH on the node; None when nothing answers."""
+def fetch(runner: Runner, port: int, path: str, timeout: float = 5.0) -> tuple[int, str] | None:
+    """GET http://127.0.0.1:PORT/PATH on the node: its status and body, an error status
+    included (kube-proxy's /healthz answers 503 with the same JSON); None when nothing
+    answers."""
     script = (
-        "import sys, urllib.request\n"
-        f"r = urllib.request.urlopen('http://127.0.0.1:{port}{path}', timeout={timeout})\n"
-        "sys.stdout.write(r.read().decode())\n"
+        "import json, sys, urllib.error, urllib.request\n"
+        "try:\n"
+        f"    r = urllib.request.urlopen('http://127.0.0.1:{port}{path}', timeout={timeout})\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    r = e\n"
+        "sys.stdout.write(json.dumps([r.getcode(), r.read().decode()]))\n"
     )
     result = runner.run([runner.python, "-c", script], check=False, timeout=timeout + 10)
-    return result.stdout if result.ok else None
+    if not result.ok:
+        return None
+    status, body = json.loads(result.stdout)
+    return int(status), str(body)
 
 
 def metrics(runner: Runner) -> str | None:
-    return fetch(runner, METRICS_PORT, "/metrics")
+    answer = fetch(runner, METRICS_PORT, "/metrics")
+    return answer[1] if answer and answer[0] == 200 else None
 
 
-def healthz(runner: Runner) -> dict[str, object] | None:
-    text = fetch(runner, HEALTHZ_PORT, "/healthz")
-    try:
-        doc = json.loads(text) if text else None
-    except ValueError:
+def healthz(runner: Runner, port: int = HEALTHZ_PORT) -> tuple[int, dict[str, object]] | None:
+    """kube-proxy's /healthz: 200 while it is in sync, 503 once a queued change waits
+    longer than its health timeout or its node is being deleted; None when nothing
+    answers (kube-proxy is not running)."""
+    answer = fetch(runner, port, "/healthz")
+    if answer is None:
         return None
-    return doc if isinstance(doc, dict) else None
+    try:
+        doc = json.loads(answer[1])
+    except ValueError:
+        doc = None
+    return answer[0], doc if isinstance(doc, dict) else {}
+
+
+def proxy_health(
+    health: tuple[int, dict[str, object]] | None, account: ProxyMetrics | None
+) -> dict[str, Any]:
+    """One node's kube-proxy as `Dataplane.proxy_health` reports it. Its metrics say when
+    it last synced (`kubeproxy_sync_proxy_rules_last_timestamp_seconds`) and how many
+    changes wait (`..._endpoint_changes_pending` + `..._service_changes_pending`);
+    /healthz says whether it runs and is healthy. Without metrics, /healthz's own
+    `lastUpdated` stands in: kube-proxy reports the current time there while healthy and
+    the last update once it is not."""
+    if health is None:
+        return {"running": False, "healthy": False, "last_sync": None, "changes_since": 0}
+    status, doc = health
+    healthy = status == 200
+    if account is not None:
+        last_sync = account.last_sync
+        pending = sum(account.counters.get(f"sync_proxy_rules_{kind}_changes_pending", 0.0)
+                      for kind in ("endpoint", "service"))  # fmt: skip
+    else:  # a 503 of a node that is being deleted is no change waiting
+        waiting = not healthy and doc.get("nodeEligible") is not False
+        last_sync, pending = epoch(doc.get("lastUpdated")), float(waiting)
+    return {"running": True, "healthy": healthy, "last_sync": last_sync,
+            "changes_since": int(pending)}  # fmt: skip
 
 
 def sandbox_pid(runner: Runner, namespace: str, pod: str) -> int:
