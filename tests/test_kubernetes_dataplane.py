@@ -11,6 +11,8 @@ scrape tries, and the inventory's hosts are 127.0.0.1 port 1, where nothing list
 from __future__ import annotations
 
 import copy
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,13 @@ import yaml
 from api_recorder import ApiRecorder, kubeconfig, serving
 from conftest import ROOT
 from helpers import kubelab
+from kubelab.dataplanes.kubernetes import dataplane as dataplane_module
 from kubelab.dataplanes.kubernetes import manifests
 from kubelab.dataplanes.kubernetes.dataplane import KubernetesDataplane
 from kubelab.errors import LabError
 from kubelab.rules.expected import diff_tables, expected_table
 from kubelab.spec import LabSpec, parse_spec
+from kubelab.spec_common import ServicePortSpec, ServiceSpec
 from kubelab.substrates.existing import ExistingSubstrate
 
 CORE = "/api/v1/namespaces/default"
@@ -405,3 +409,51 @@ def test_a_policy_client_lives_in_its_namespace_with_its_labels(
     ]
     dataplane.down()  # the namespace the lab made goes by its label
     assert "/api/v1/namespaces/np-other" not in recorder.objects
+
+
+def metallb_controller(recorder: ApiRecorder, service: str, ip: str, after_s: float) -> None:
+    """What MetalLB's controller does a moment after the API server stored the Service."""
+
+    def assign() -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            stored = recorder.objects.get(f"{CORE}/services/{service}")
+            if stored is not None:
+                time.sleep(after_s)
+                stored["status"] = {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}}
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=assign, daemon=True).start()
+
+
+LB = ServiceSpec(
+    name="web", workload="echo", type="LoadBalancer", external_traffic_policy="Local",
+    ports=[ServicePortSpec(name="http", port=80, target_port=8080, node_port=30081)],
+)  # fmt: skip
+
+
+def test_a_load_balancer_is_ready_once_it_has_its_address(
+    dataplane: KubernetesDataplane, recorder: ApiRecorder
+) -> None:
+    seed_cluster(recorder)
+    dataplane.up(lambda _: None)
+    web_slice = endpoint_slice(PODS)
+    web_slice["metadata"].update(name="web-abcde", labels={"kubernetes.io/service-name": "web"})
+    recorder.seed(SLICES, web_slice)
+    metallb_controller(recorder, "web", "192.0.2.230", after_s=1.0)
+    dataplane.create_services([LB])  # returns once the address is there, not before
+    assert [str(ip) for ip in dataplane.service("default/web").load_balancer_ips] == ["192.0.2.230"]
+
+
+def test_a_load_balancer_that_gets_no_address_is_named(
+    dataplane: KubernetesDataplane, recorder: ApiRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dataplane_module, "ADDRESS_TIMEOUT_S", 1.0)
+    seed_cluster(recorder)
+    dataplane.up(lambda _: None)
+    web_slice = endpoint_slice(PODS)
+    web_slice["metadata"].update(name="web-abcde", labels={"kubernetes.io/service-name": "web"})
+    recorder.seed(SLICES, web_slice)
+    with pytest.raises(LabError, match="default/web: no LoadBalancer IP after 1s; MetalLB"):
+        dataplane.create_services([LB])

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 READY_TIMEOUT_S = 300.0  # pods pulled from the artifacts, started, probed
 NODES_TIMEOUT_S = 600.0  # a CNI's agents coming up after kubeadm
 PROGRAMMED_TIMEOUT_S = 30.0  # kube-proxy's sync after the slices changed
+ADDRESS_TIMEOUT_S = 120.0  # MetalLB assigns in about a second; a cloud's balancer, minutes
 
 
 class KubernetesDataplane(Dataplane):
@@ -185,12 +186,32 @@ class KubernetesDataplane(Dataplane):
 
     def _wait_workloads(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Wait until every Service shows its workload's pods ready, admitting each new
-        pod (its readiness gate) as the Deployments create them."""
+        pod (its readiness gate) as the Deployments create them, and every LoadBalancer
+        its address."""
         for spec in self.services.values():
             wait_for_endpoints(
                 partial(self._admitted_slices, spec), spec.namespace, spec.name,
                 Wanted(ready=self._expected_pods(spec.workload)), timeout,
             )  # fmt: skip
+        self._wait_load_balancers()
+
+    def _wait_load_balancers(self) -> None:
+        """The API server allocates a Service's cluster IP and ports as it stores it; a
+        LoadBalancer's address comes later, from MetalLB's controller (or a cloud's), in
+        status.loadBalancer.ingress. Wait for it: scenarios send traffic to it next."""
+        for spec in self.services.values():
+            if spec.type != "LoadBalancer":
+                continue
+            deadline = time.monotonic() + ADDRESS_TIMEOUT_S
+            while not self.service(f"{spec.namespace}/{spec.name}").load_balancer_ips:
+                if time.monotonic() > deadline:
+                    raise LabError(
+                        f"{spec.namespace}/{spec.name}: no LoadBalancer IP after "
+                        f"{ADDRESS_TIMEOUT_S:.0f}s; MetalLB (dataplane.metallb) assigns one "
+                        "from network.load_balancer_pool: is it running, with addresses "
+                        "left? (a balancer that gives a hostname only cannot be tested)"
+                    )
+                time.sleep(0.5)
 
     def _admitted_slices(self, spec: ServiceSpec) -> list[dict[str, Any]]:
         self.api.admit_pods(spec.namespace, spec.workload)
@@ -284,6 +305,7 @@ class KubernetesDataplane(Dataplane):
             spec.namespace, spec.name, manifests.service(spec, self.spec.lab_id)["spec"]
         )
         self.services[key] = spec
+        self._wait_load_balancers()  # a type changed to LoadBalancer gets its address
         return self._record(f"update Service {key}: {changes}", published, before).seconds
 
     def delete_services(self, keys: Sequence[str]) -> ProgrammingEvent:
