@@ -39,7 +39,6 @@ from kubelab.dataplanes.kubernetes.proxy_metrics import (
     read_metrics,
 )
 from kubelab.errors import LabError
-from kubelab.hosts import Runner
 from kubelab.model import Endpoint, Service, ServiceState
 from kubelab.naming import state_dir
 from kubelab.parallel import for_each
@@ -391,9 +390,14 @@ class KubernetesDataplane(Dataplane):
         raise LabError(f"no pod {name!r} of this lab in the cluster")
 
     def kill_pod(self, name: str) -> None:
-        """Gone at once (a force delete, grace 0); its Deployment starts another."""
-        pod = self._pod(name)
-        self.api.delete_pod(pod["metadata"]["namespace"], name, grace_s=0)
+        """The pod's containers killed on its node (SIGKILL, node_ops.kill_pod_processes):
+        it stops answering at once, as in a crash; the kubelet notices the exit, the pod
+        turns not ready and its endpoint leaves the slices (the detection delay), then the
+        kubelet starts the containers again in the same pod. A force delete would be the
+        other way round: the endpoint gone from the API while the pod still answers."""
+        runner = self.pod_runner(name)
+        if node_ops.kill_pod_processes(runner.node, runner.pid) == 0:
+            raise LabError(f"pod {name}: nothing runs in it on {runner.node.name} to kill")
 
     def delete_pod(self, name: str, grace_s: float = 1.0, wait: bool = True) -> None:
         pod = self._pod(name)
@@ -494,7 +498,7 @@ class KubernetesDataplane(Dataplane):
             return False
         return True
 
-    def pod_runner(self, name: str) -> Runner:
+    def pod_runner(self, name: str) -> node_ops.PodRunner:
         pod = self._pod(name)
         node = pod["spec"]["nodeName"]
         runner = self.substrate.runner(node)

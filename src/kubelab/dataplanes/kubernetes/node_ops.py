@@ -121,6 +121,39 @@ def sandbox_pid(runner: Runner, namespace: str, pod: str) -> int:
     return pid
 
 
+# Every process in the sandbox's network namespace but the sandbox itself: the pod's
+# containers. A sandbox in the node's own network (hostNetwork) is refused: that would be
+# the node's processes.
+KILL_POD_PROCESSES = r"""
+sandbox=$1
+net=$(readlink "/proc/$sandbox/ns/net") || exit 3
+if [ "$net" = "$(readlink /proc/$$/ns/net)" ]; then
+    echo "process $sandbox is in the node's own network namespace" >&2; exit 4
+fi
+killed=0
+for dir in /proc/[0-9]*; do
+    pid=${dir#/proc/}
+    [ "$pid" = "$sandbox" ] && continue
+    [ "$(readlink "$dir/ns/net" 2>/dev/null)" = "$net" ] || continue
+    kill -KILL "$pid" 2>/dev/null && killed=$((killed + 1))
+done
+echo "$killed"
+"""
+
+
+def kill_pod_processes(node: Runner, sandbox: int) -> int:
+    """SIGKILL the pod's containers on its node, as a crash would: every process in the
+    network namespace of its sandbox (the pause process, which stays and keeps the pod's
+    address). Returns how many were killed."""
+    result = node.run(["sh", "-c", KILL_POD_PROCESSES, "sh", str(sandbox)], check=False)
+    if not result.ok:
+        raise LabError(
+            f"cannot kill the pod of sandbox {sandbox} on {node.name}: "
+            f"{result.stderr.strip() or 'no such process'}"
+        )
+    return int(result.stdout.strip() or 0)
+
+
 class PodRunner(Runner):
     """Commands in a pod's network namespace, with its node's tools."""
 
