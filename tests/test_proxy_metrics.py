@@ -15,6 +15,7 @@ from kubelab.dataplanes.kubernetes.proxy_metrics import (
     MetricsError,
     programming_event,
     read_metrics,
+    synced_since,
 )
 
 # kube-proxy's buckets: 0.25 s, 0.5 s, 1..59 s, 60..115 s by 5, 120..300 s by 30
@@ -117,3 +118,22 @@ def test_other_text_is_one_clear_line(text: str, message: str) -> None:
     with pytest.raises(MetricsError) as err:
         read_metrics(text, "node1:10249")
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_sync_is_counted_not_timed() -> None:
+    """The wait after a change asks each kube-proxy for one more sync than before it; its
+    last-sync timestamp (the node's clock) plays no part, so a node clock behind the
+    harness's cannot hide a sync."""
+    proxy = KubeProxyRegistry()
+    for seconds in (0.02, 0.02, 0.04):  # three syncs before the change
+        proxy.sync.observe(seconds)
+    proxy.last.set(1_000)  # a node clock far behind
+    before = read_metrics(proxy.scrape())
+    assert not synced_since(read_metrics(proxy.scrape()), before)
+    proxy.sync.observe(0.03)
+    assert synced_since(read_metrics(proxy.scrape()), before)
+    restarted = KubeProxyRegistry()
+    assert not synced_since(read_metrics(restarted.scrape()), before)  # nothing synced yet
+    restarted.sync.observe(0.01)
+    assert synced_since(read_metrics(restarted.scrape()), before)
+    assert synced_since(read_metrics(restarted.scrape()), None)

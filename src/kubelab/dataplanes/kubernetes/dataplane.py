@@ -37,6 +37,7 @@ from kubelab.dataplanes.kubernetes.proxy_metrics import (
     ProxyMetrics,
     programming_event,
     read_metrics,
+    synced_since,
 )
 from kubelab.errors import LabError
 from kubelab.model import Endpoint, Service, ServiceState
@@ -265,7 +266,7 @@ class KubernetesDataplane(Dataplane):
             deadline = time.monotonic() + PROGRAMMED_TIMEOUT_S
             after = self._scrape()
             while time.monotonic() < deadline and not all(
-                (m.last_sync or 0.0) >= published for m in after.values()
+                synced_since(m, before.get(node)) for node, m in after.items()
             ):
                 time.sleep(0.5)
                 after = self._scrape()

@@ -126,6 +126,20 @@ def _histogram(samples: list) -> Histogram:  # type: ignore[type-arg]
     return Histogram(tuple(sorted(buckets)), count, total)
 
 
+def synced_since(now: ProxyMetrics, earlier: ProxyMetrics | None) -> bool:
+    """kube-proxy has finished a sync since `earlier` was scraped: its sync histogram
+    counted one more. Counted, not timed: its last-sync timestamp is the node's clock, and
+    a node clock a little behind the harness's would hide every sync. A kube-proxy that
+    restarted in between (its counts went down) has synced once it counts any."""
+    current = now.histograms.get("sync")
+    previous = earlier.histograms.get("sync") if earlier else None
+    if current is None:
+        return False
+    if previous is None:
+        return current.count > 0
+    return current.count > previous.count or 0 < current.count < previous.count
+
+
 def programming_event(
     change: str,
     published_at: float,
