@@ -20,8 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
+from kube_proxy_metrics import KubeProxyRegistry
 from kubelab.dataplanes.kubernetes import node_ops
 from kubelab.dataplanes.kubernetes.api_objects import epoch
 from kubelab.dataplanes.kubernetes.proxy_metrics import read_metrics
@@ -123,24 +123,16 @@ def test_nothing_on_the_port_is_no_kube_proxy(
     assert node_ops.proxy_health(None, None)["running"] is False
 
 
-def metrics_text(last_sync: float, endpoint_changes: int, service_changes: int) -> str:
-    registry = CollectorRegistry()
-    Histogram("kubeproxy_sync_proxy_rules_duration_seconds", "[ALPHA] SyncProxyRules latency",
-              registry=registry).observe(0.02)  # fmt: skip
-    Gauge("kubeproxy_sync_proxy_rules_last_timestamp_seconds", "[ALPHA] last sync",
-          registry=registry).set(last_sync)  # fmt: skip
-    Gauge("kubeproxy_sync_proxy_rules_endpoint_changes_pending", "[ALPHA] Pending endpoint changes",
-          registry=registry).set(endpoint_changes)  # fmt: skip
-    Gauge("kubeproxy_sync_proxy_rules_service_changes_pending", "[ALPHA] Pending service changes",
-          registry=registry).set(service_changes)  # fmt: skip
-    return generate_latest(registry).decode()
-
-
 def test_the_metrics_say_when_it_synced_and_what_waits() -> None:
     """/healthz's lastUpdated is the current time while kube-proxy is healthy, so the last
     sync comes from its metrics, and the changes it has not applied from its pending
     gauges."""
-    account = read_metrics(metrics_text(1_780_000_100, 2, 1))
+    proxy = KubeProxyRegistry()
+    proxy.sync.observe(0.02)
+    proxy.last.set(1_780_000_100)
+    proxy.endpoint_changes_pending.set(2)
+    proxy.service_changes_pending.set(1)
+    account = read_metrics(proxy.scrape())
     healthy = (200, {"lastUpdated": go_time(1_790_000_000), "nodeEligible": True})
     assert node_ops.proxy_health(healthy, account) == {
         "running": True, "healthy": True, "last_sync": 1_780_000_100, "changes_since": 3

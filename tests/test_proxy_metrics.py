@@ -1,7 +1,7 @@
 """kube-proxy's /metrics read into network-programming latencies.
 
-The scrapes are Prometheus text written by prometheus_client with kube-proxy's metric
-names, help strings and buckets (pkg/proxy/metrics/metrics.go): no kube-proxy runs here.
+The scrapes are Prometheus text written with kube-proxy's metric names, help strings and
+buckets (kube_proxy_metrics.py): no kube-proxy runs here.
 The observations are known, so the deltas, means and quantile bounds are checked against
 them rather than against the reader's own arithmetic.
 """
@@ -9,45 +9,14 @@ them rather than against the reader's own arithmetic.
 from __future__ import annotations
 
 import pytest
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
+from kube_proxy_metrics import KubeProxyRegistry
 from kubelab.dataplanes.kubernetes.proxy_metrics import (
     MetricsError,
     programming_event,
     read_metrics,
     synced_since,
 )
-
-# kube-proxy's buckets: 0.25 s, 0.5 s, 1..59 s, 60..115 s by 5, 120..300 s by 30
-PROGRAMMING = [0.25, 0.5, *range(1, 60), *range(60, 120, 5), *range(120, 301, 30)]
-SYNC = [0.001 * 2**i for i in range(15)]
-
-
-class KubeProxyRegistry:
-    """A registry holding kube-proxy's metrics, observed by the test."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.programming = Histogram(
-            "kubeproxy_network_programming_duration_seconds",
-            "[ALPHA] In Cluster Network Programming Latency in seconds",
-            buckets=PROGRAMMING,
-            registry=self.registry,
-        )
-        self.sync = Histogram(
-            "kubeproxy_sync_proxy_rules_duration_seconds",
-            "[ALPHA] SyncProxyRules latency in seconds",
-            buckets=SYNC,
-            registry=self.registry,
-        )
-        self.last = Gauge(
-            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-            "[ALPHA] The last time proxy rules were successfully synced",
-            registry=self.registry,
-        )
-
-    def scrape(self) -> str:
-        return generate_latest(self.registry).decode()
 
 
 def test_a_change_is_what_two_scrapes_differ_by() -> None:
